@@ -1,0 +1,41 @@
+# paxwal: the commands the README names.  `make test` and `make demo` run `setup` first;
+# setup is quick when nothing changed (the stamp is newer than pyproject.toml).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo tlc tlc-full mutants clean
+
+setup: $(STAMP) java
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "paxwal needs Python 3.11 or newer (found " + sys.version.split()[0] + ")")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+# TLC needs Java 11 or newer: install Debian's headless JRE when we may, else say what to do.
+java:
+	@scripts/ensure-java
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+demo: setup
+	$(BIN)/paxwal tlc check
+	$(BIN)/paxwal tlc mutants
+
+tlc: setup
+	$(BIN)/paxwal tlc check --model ci
+
+tlc-full: setup
+	$(BIN)/paxwal tlc check --model full
+
+mutants: setup
+	$(BIN)/paxwal tlc mutants
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

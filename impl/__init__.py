@@ -1,0 +1,1 @@
+"""paxwal: a formally specified replicated write-ahead log (protocol cores, trio shells, CLI)."""

