@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo tlc tlc-full mutants clean
+.PHONY: setup java test demo tlc tlc-full mutants clean
 
 setup: $(STAMP) java
 

@@ -1,0 +1,111 @@
+"""The storage interface an acceptor needs: a WAL and a control file.
+
+Theory of operation:
+
+1. The acceptor core never touches storage; it returns effects (``WriteWal``, ``Flush``,
+   ``TruncateWal``, ``PersistControl``) and its shell runs them against the two protocols
+   below. The trio shell uses the file implementations (``impl/wal.py``, ``impl/control.py``)
+   and runs their blocking calls in ``trio.to_thread``; the deterministic simulator swaps in
+   a virtual disk that drops unflushed writes on a crash. So these protocols are synchronous
+   and name only what the core's effects need, nothing more.
+2. Damage found on disk raises ``CorruptStorage``. The node must refuse to start on it: a
+   guessed acceptor state can vote twice or lose acknowledged WAL, which a stopped node cannot.
+3. A caller bug (a WAL write that leaves a gap, a read outside the WAL) is a ``ValueError``,
+   never ``CorruptStorage``: the disk is fine, the caller is wrong.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    # control.py imports CorruptStorage from here, so the state type is for annotations only.
+    from impl.control import ControlState
+
+__all__ = ["ControlStorage", "CorruptStorage", "WalStorage"]
+
+
+class CorruptStorage(Exception):
+    """On-disk state is damaged; the node must not start on it.
+
+    The message names the file and the problem, e.g. ``"control file /d/control: CRC
+    mismatch (stored 0x1234abcd, computed 0x0badf00d)"`` or ``"WAL segment
+    /d/0000000000001000: completed segment has 17 bytes, expected 4096"``.
+    """
+
+
+@runtime_checkable
+class WalStorage(Protocol):
+    """An append-only byte log addressed by LSN, with explicit durability.
+
+    LSNs are byte offsets. The log holds bytes in ``[start_lsn, write_lsn)``; those below
+    ``flush_lsn`` survive a crash. Invariant: ``start_lsn <= flush_lsn <= write_lsn``. Bytes
+    are opaque: record boundaries are the proposer's business.
+    """
+
+    @property
+    def start_lsn(self) -> int:
+        """The first LSN the log holds (fixed when it was created)."""
+        ...
+
+    @property
+    def write_lsn(self) -> int:
+        """End of the bytes written so far (flushed or not)."""
+        ...
+
+    @property
+    def flush_lsn(self) -> int:
+        """End of the bytes known to be durable."""
+        ...
+
+    def write(self, lsn: int, data: bytes) -> None:
+        """Append ``data`` at ``lsn``, which must equal ``write_lsn``.
+
+        Raises:
+            ValueError: ``lsn != write_lsn`` (a gap or a rewrite: a caller bug).
+        """
+        ...
+
+    def flush(self) -> int:
+        """Make everything written durable.
+
+        Returns:
+            The new ``flush_lsn`` (equal to ``write_lsn``).
+        """
+        ...
+
+    def truncate(self, lsn: int) -> None:
+        """Drop every byte at and after ``lsn``, written or flushed; crash-safe.
+
+        On return ``write_lsn == flush_lsn == lsn`` and the bytes below ``lsn`` are durable.
+
+        Raises:
+            ValueError: ``lsn`` outside ``[start_lsn, write_lsn]``.
+        """
+        ...
+
+    def read(self, begin: int, end: int) -> bytes:
+        """The bytes in ``[begin, end)``, written or flushed.
+
+        Raises:
+            ValueError: the range is not inside ``[start_lsn, write_lsn]``.
+        """
+        ...
+
+
+@runtime_checkable
+class ControlStorage(Protocol):
+    """The acceptor's small persistent state, replaced atomically as a whole."""
+
+    def load(self) -> ControlState | None:
+        """The last stored state, or None for a fresh node that never stored one.
+
+        Raises:
+            CorruptStorage: the stored state is damaged.
+        """
+        ...
+
+    def store(self, state: ControlState) -> None:
+        """Replace the stored state durably and atomically: after a crash ``load`` returns
+        either the old state or the new one, never a mix."""
+        ...

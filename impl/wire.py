@@ -1,0 +1,842 @@
+"""The protocol's messages and their wire codec: sans-IO, strict, self-validating.
+
+Theory of operation
+===================
+
+Rules of this file:
+
+1. Every message the proposer and the acceptors exchange is one of the frozen attrs classes
+   below, and every rule a message must obey lives here, in its class.  An instance satisfies
+   those rules whether it was built locally or decoded: the constructor checks them, so there
+   is no unchecked way in.
+2. No I/O.  `encode` returns bytes for the caller to write; `FrameDecoder` only buffers what
+   the caller read (`feed`), hands out whole messages (`next_message`) and is told about EOF
+   (`eof`).  The same code serves the trio shells and the deterministic simulator.
+3. Blame is split as in h11.  `ProtocolError` means "the peer sent something invalid": the
+   shell logs it and closes the connection.  Misuse by our own code (encoding a non-message,
+   an oversize frame, feeding after EOF) raises a builtin error (`TypeError`, `ValueError`,
+   `RuntimeError`): that is a bug, not the peer's fault.  Constructors raise `ProtocolError`
+   too, because the decoder builds messages through them; a `ProtocolError` escaping a
+   *local* constructor call is therefore a bug in the caller.
+
+Frames
+------
+A frame is one message on a byte stream::
+
+    +-------------------+-----------+-------------------------------------------+
+    | length: 4 bytes,  | version:  | body: one CBOR item,                       |
+    | big-endian, = the | 1 byte    | [type_name, {field_name: value, ...}]      |
+    | bytes after it    |           |                                            |
+    +-------------------+-----------+-------------------------------------------+
+
+Field values are CBOR unsigned integers (terms, LSNs), text strings (node ids), a byte string
+(`wal`) and, for a term history, an array of `[term, lsn]` arrays.  Nothing else appears:
+no floats, no tags, no indefinite lengths, no duplicate keys.
+
+Version rule: the version byte must equal `PROTOCOL_VERSION` exactly.  There is no
+negotiation: a cluster runs one build, and since decoders reject unknown types and unknown
+fields, *any* change to a message (a new field, a new type, a new meaning) bumps the version.
+The byte is in every frame, not only the first, so a frame from a mismatched or confused peer
+is refused wherever it starts, never half-understood.
+
+Limits: the length prefix is at most `MAX_FRAME` (16 MiB) and at least 2 (a version byte and
+a body).  An oversize prefix is refused as soon as its 4 bytes arrive, before any of the body
+is buffered, so one connection never holds more than about one frame of memory.  (A stray
+client helps itself out this way too: "GET " read as a length is 1.2 GB.)  Integers are
+unsigned 64-bit (LSNs are 64-bit in Postgres; terms are too, so both fit any peer's u64).
+Node ids are 1 to 64 printable ASCII characters without spaces, because `describe` puts them
+in one space-separated line.
+
+Validation guarantee: `decode` and `FrameDecoder.next_message` either return a fully valid
+message or raise `ProtocolError` naming the problem (and the field, if one is at fault).
+Garbage never escapes as another exception and never yields a partly built message.
+
+Messages and the spec
+---------------------
+Class names are the spec's message `type` strings (spec/ProposerAcceptor.tla, `IsMessage`),
+and are also the type names on the wire.  Spec field  <-  wire field:
+
+=================  =====================================================================
+class / `type`     fields
+=================  =====================================================================
+Greeting           from <- proposer
+GreetingResponse   from <- acceptor, to <- proposer, term
+VoteRequest        from <- proposer, term (>= 1)
+VoteResponse       from <- acceptor, to <- proposer, term (>= 1), history <- term_history,
+                   flush <- flush_lsn; commit_lsn is wire-only (the spec's acceptor does
+                   not report it; the implementation's does, for the new leader's logs
+                   and the pageserver's choice of acceptor)
+ProposerElected    term (>= 1), history <- term_history; proposer is wire-only (the spec
+                   sends one message "to every acceptor" and needs no sender)
+AppendRequest      term (>= 1), lsn <- begin_lsn, entries <- wal, commit <- commit_lsn;
+                   proposer and end_lsn are wire-only (end_lsn = begin_lsn + len(wal)
+                   makes the range explicit for checking); the spec's `entries` holds at
+                   most one entry, the wire's `wal` any number of bytes (empty: heartbeat)
+AppendResponse     from <- acceptor, term (>= 1), flush <- flush_lsn; commit_lsn is
+                   wire-only.  As in the spec, an ack names no proposer: it is addressed
+                   by its term, and a term has one leader
+=================  =====================================================================
+
+The spec's requests name no receiver and stand for the copies sent on each connection; on
+the wire every connection is point to point, so the receiver is implied by the connection.
+`describe` prints such a receiver as `*`.
+
+LSNs differ in kind.  The spec's LSNs are entry positions starting at 1 (1 means
+"nothing"), and its history sentinel is ``[term |-> 0, lsn |-> 1]``.  The wire's LSNs are byte
+positions in the WAL, printed Postgres-style (`format_lsn`), and the sentinel is
+``TermSwitch(term=0, lsn=<where the WAL starts>)``.  The abstraction function between the two
+(byte LSNs to entry positions, WAL bytes to the spec's per-entry terms) lives in
+impl/trace.py (to come), and nowhere else.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import NoReturn, TypeAlias
+
+import attrs
+import cbor2
+
+__all__ = [
+    "MAX_FRAME",
+    "MAX_NODE_ID_LEN",
+    "MESSAGE_TYPES",
+    "PROTOCOL_VERSION",
+    "AppendRequest",
+    "AppendResponse",
+    "FrameDecoder",
+    "Greeting",
+    "GreetingResponse",
+    "Message",
+    "ProposerElected",
+    "ProtocolError",
+    "TermSwitch",
+    "VoteRequest",
+    "VoteResponse",
+    "decode",
+    "describe",
+    "encode",
+    "format_lsn",
+]
+
+# The version byte of every frame.  Bump it on any change to any message (see "Version rule").
+PROTOCOL_VERSION = 1
+
+# Upper bound on a frame's length prefix (the bytes after it).  It bounds the memory one
+# connection can make us buffer, and it must stay above the largest AppendRequest the proposer
+# builds: the proposer caps the WAL of one AppendRequest far below it (Neon's walproposer sends
+# at most 128 KiB, MAX_SEND_SIZE), so 16 MiB leaves ample room while a garbage or hostile
+# prefix costs at most 16 MiB.  encode() refuses to build a larger frame, so a proposer that
+# breaks its cap fails at the sender, loudly, instead of at every acceptor.
+MAX_FRAME = 16 * 1024 * 1024
+
+# A length prefix below this cannot hold the version byte and a (non-empty) CBOR body.
+_MIN_FRAME = 2
+
+_PREFIX_LEN = 4
+
+# Node ids end up in log lines, describe() strings and trace files: keep them short.
+MAX_NODE_ID_LEN = 64
+
+# Terms and LSNs are unsigned 64-bit on every peer (Postgres' XLogRecPtr is a uint64).
+_U64_MAX = 2**64 - 1
+
+# The body is [name, {field: value}] and a history is a list of pairs, so 4 levels of
+# containers suffice; anything deeper is garbage, and refusing it early bounds the decoder's
+# recursion no matter what the peer sends.
+_MAX_CBOR_DEPTH = 4
+
+# The semantic tags cbor2 6.x decodes by itself (found by probing every tag below 70000 for
+# ones that bypass tag_hook).  Their decoders build datetimes, regexes, decimals, shared
+# references...  from peer data; none of that belongs on our wire, so each is refused before it
+# runs.  A tag a later cbor2 adds would still be refused, by the field type checks.
+_CBOR2_SEMANTIC_TAGS = (
+    0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 261, 1004,
+    43000, 55799,
+)
+
+
+class ProtocolError(Exception):
+    """The peer sent something invalid; the shell logs it and closes the connection.
+
+    The message names the problem and, where one field is at fault, the field
+    (``"VoteRequest: field term: ..."``).
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Field checks.  Each is an attrs validator: (instance, attribute, value).
+# ---------------------------------------------------------------------------------------------
+
+
+def _show(value: object) -> str:
+    """Render a bad value for an error message, briefly.
+
+    A peer controls the value, so it is never repr'd whole: it may be megabytes long or an
+    integer too large for str() (Python 3.11 refuses over 4300 digits).
+    """
+    kind = type(value).__name__
+    if type(value) is bool:
+        return f"bool {value}"
+    if type(value) is int:
+        if value.bit_length() <= 128:
+            return f"int {value}"
+        return f"int of {value.bit_length()} bits"
+    if type(value) is str:
+        return f"str {_quote(value)}"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"{kind} of {len(value)} bytes"
+    if isinstance(value, (list, tuple, dict)):
+        return f"{kind} of {len(value)} items"
+    return kind
+
+
+def _quote(text: str) -> str:
+    """A peer-chosen string (a type or field name) for an error message, cut short."""
+    return repr(text[:32]) + ("..." if len(text) > 32 else "")
+
+
+def _fail(instance: object, field: str, problem: str) -> NoReturn:
+    raise ProtocolError(f"{type(instance).__name__}: field {field}: {problem}")
+
+
+def _check_u64(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    # `type(...) is int`, not isinstance: bool is an int subclass, and True is no term.
+    if type(value) is not int:
+        _fail(instance, attribute.name, f"expected a non-negative integer, got {_show(value)}")
+    if not 0 <= value <= _U64_MAX:
+        _fail(instance, attribute.name, f"{_show(value)} is outside the unsigned 64-bit range")
+
+
+def _check_term_positive(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    _check_u64(instance, attribute, value)
+    # Spec, IsMessage: m.term \in Nat \ {0}.  Term 0 is the history sentinel; nobody wins it.
+    if value == 0:
+        _fail(instance, attribute.name, "must be >= 1 (term 0 is never campaigned for)")
+
+
+def _check_node_id(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if type(value) is not str:
+        _fail(instance, attribute.name, f"expected a node id string, got {_show(value)}")
+    # '!'..'~': printable ASCII minus the space, which would split a describe() line.
+    if not 1 <= len(value) <= MAX_NODE_ID_LEN or not all("!" <= c <= "~" for c in value):
+        _fail(
+            instance,
+            attribute.name,
+            f"node id must be 1 to {MAX_NODE_ID_LEN} printable ASCII characters without"
+            f" spaces, got {_show(value)} ({len(value)} characters)",
+        )
+
+
+def _check_bytes(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    # Exactly bytes: a message is immutable, and bytearray/memoryview are not.
+    if type(value) is not bytes:
+        _fail(instance, attribute.name, f"expected bytes, got {_show(value)}")
+
+
+def _check_history(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    """Spec, IsHistory: a term-0 sentinel first, terms strictly up, LSNs never down."""
+    name = attribute.name
+    if type(value) is not tuple:
+        _fail(instance, name, f"expected a tuple of TermSwitch, got {_show(value)}")
+    if not value:
+        _fail(instance, name, "is empty; a history starts with a term-0 switch")
+    for i, switch in enumerate(value):
+        if type(switch) is not TermSwitch:
+            _fail(instance, f"{name}[{i}]", f"expected a TermSwitch, got {_show(switch)}")
+    if value[0].term != 0:
+        _fail(instance, name, f"must start with a term-0 switch, starts with term {value[0].term}")
+    for i in range(1, len(value)):
+        prev, cur = value[i - 1], value[i]
+        if cur.term <= prev.term:
+            _fail(
+                instance,
+                f"{name}[{i}]",
+                f"terms must strictly increase, got term {prev.term} then {cur.term}",
+            )
+        if cur.lsn < prev.lsn:
+            _fail(
+                instance,
+                f"{name}[{i}]",
+                f"lsns must not decrease, got {format_lsn(prev.lsn)} then {format_lsn(cur.lsn)}",
+            )
+
+
+def _list_to_tuple(value: object) -> object:
+    # A convenience for callers building a history; anything else goes to the validator as is.
+    return tuple(value) if type(value) is list else value
+
+
+def _node_field() -> object:
+    return attrs.field(validator=_check_node_id)
+
+
+def _u64_field() -> object:
+    return attrs.field(validator=_check_u64)
+
+
+def _term_field() -> object:
+    return attrs.field(validator=_check_term_positive)
+
+
+def _history_field() -> object:
+    return attrs.field(converter=_list_to_tuple, validator=_check_history)
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages
+# ---------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class TermSwitch:
+    """One entry of a term history: from `lsn` on, the WAL was written in `term`.
+
+    The spec's ``[term |-> t, lsn |-> l]`` record, with a byte LSN (see the module docstring).
+    """
+
+    term: int = _u64_field()
+    lsn: int = _u64_field()
+
+
+@attrs.frozen(kw_only=True)
+class Greeting:
+    """A proposer introduces itself to an acceptor, asking for its term.  Spec: "Greeting"."""
+
+    proposer: str = _node_field()
+
+
+@attrs.frozen(kw_only=True)
+class GreetingResponse:
+    """An acceptor's answer to a Greeting: its current term.  Spec: "GreetingResponse"."""
+
+    acceptor: str = _node_field()
+    proposer: str = _node_field()
+    term: int = _u64_field()  # 0 is valid: a fresh acceptor has promised nothing yet
+
+
+@attrs.frozen(kw_only=True)
+class VoteRequest:
+    """A proposer asks for votes in `term`.  Spec: "VoteRequest", sent by StartCampaign."""
+
+    proposer: str = _node_field()
+    term: int = _term_field()
+
+
+@attrs.frozen(kw_only=True)
+class VoteResponse:
+    """An acceptor's vote for `proposer` in `term`, with what a new leader must recover.
+
+    Spec: "VoteResponse", sent by Vote: the voter's flushed term history and flush_lsn.
+    """
+
+    acceptor: str = _node_field()
+    proposer: str = _node_field()
+    term: int = _term_field()
+    term_history: tuple[TermSwitch, ...] = _history_field()
+    flush_lsn: int = _u64_field()
+    commit_lsn: int = _u64_field()
+
+    def __attrs_post_init__(self) -> None:
+        if self.commit_lsn > self.flush_lsn:
+            _fail(
+                self,
+                "commit_lsn",
+                f"{format_lsn(self.commit_lsn)} exceeds flush_lsn {format_lsn(self.flush_lsn)}",
+            )
+        last = self.term_history[-1]
+        # Spec, FlushedHistory: only switch points at or below flush_lsn are reported.
+        if last.lsn > self.flush_lsn:
+            _fail(
+                self,
+                "term_history",
+                f"last switch at {format_lsn(last.lsn)} is past flush_lsn"
+                f" {format_lsn(self.flush_lsn)}",
+            )
+        # Spec, VoteAllowed: a vote is only for a term above every term the voter has seen,
+        # and its history's terms are among those.
+        if last.term >= self.term:
+            _fail(
+                self,
+                "term_history",
+                f"last term {last.term} is not below the vote's term {self.term}",
+            )
+
+
+@attrs.frozen(kw_only=True)
+class ProposerElected:
+    """The new leader's term history, sent to every acceptor.  Spec: "ProposerElected".
+
+    Its last switch is the leader's own term, starting where the donor's WAL ends
+    (BecomeLeader); the acceptor truncates at the highest common point (AcceptElected).
+    """
+
+    proposer: str = _node_field()
+    term: int = _term_field()
+    term_history: tuple[TermSwitch, ...] = _history_field()
+
+    def __attrs_post_init__(self) -> None:
+        last_term = self.term_history[-1].term
+        if last_term != self.term:
+            _fail(
+                self,
+                "term_history",
+                f"last switch has term {last_term}, expected the leader's term {self.term}",
+            )
+
+
+@attrs.frozen(kw_only=True)
+class AppendRequest:
+    """WAL bytes [begin_lsn, end_lsn) and the leader's commit_lsn.  Spec: "AppendRequest".
+
+    An empty `wal` (begin_lsn == end_lsn) is a heartbeat carrying only commit_lsn, like the
+    spec's SendAppend one past the WAL.  commit_lsn may lie anywhere relative to the range: a
+    resend from an earlier position carries the leader's current commit_lsn.
+    """
+
+    proposer: str = _node_field()
+    term: int = _term_field()
+    begin_lsn: int = _u64_field()
+    end_lsn: int = _u64_field()
+    commit_lsn: int = _u64_field()
+    wal: bytes = attrs.field(validator=_check_bytes, repr=lambda wal: f"<{len(wal)} bytes>")
+
+    def __attrs_post_init__(self) -> None:
+        if self.begin_lsn > self.end_lsn:
+            raise ProtocolError(
+                f"AppendRequest: inverted LSN range: begin_lsn {format_lsn(self.begin_lsn)}"
+                f" > end_lsn {format_lsn(self.end_lsn)}"
+            )
+        if self.end_lsn - self.begin_lsn != len(self.wal):
+            raise ProtocolError(
+                f"AppendRequest: field wal: end_lsn - begin_lsn = {self.end_lsn - self.begin_lsn}"
+                f" but len(wal) = {len(self.wal)}"
+            )
+
+
+@attrs.frozen(kw_only=True)
+class AppendResponse:
+    """An acceptor's ack: its flush_lsn and commit_lsn in `term`.  Spec: "AppendResponse".
+
+    Sent after a flush (Flush) and after processing ProposerElected (AcceptElected), never
+    before the WAL it reports is fsync'd.
+    """
+
+    acceptor: str = _node_field()
+    term: int = _term_field()
+    flush_lsn: int = _u64_field()
+    commit_lsn: int = _u64_field()
+
+    def __attrs_post_init__(self) -> None:
+        if self.commit_lsn > self.flush_lsn:
+            _fail(
+                self,
+                "commit_lsn",
+                f"{format_lsn(self.commit_lsn)} exceeds flush_lsn {format_lsn(self.flush_lsn)}",
+            )
+
+
+Message: TypeAlias = (
+    Greeting
+    | GreetingResponse
+    | VoteRequest
+    | VoteResponse
+    | ProposerElected
+    | AppendRequest
+    | AppendResponse
+)
+
+# Wire type name -> class.  The names are the spec's message `type` strings.
+MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
+    {
+        cls.__name__: cls
+        for cls in (
+            Greeting,
+            GreetingResponse,
+            VoteRequest,
+            VoteResponse,
+            ProposerElected,
+            AppendRequest,
+            AppendResponse,
+        )
+    }
+)
+
+# Per class, its field names in declaration order: the order encode() writes them in.
+_FIELDS: Mapping[type, tuple[str, ...]] = MappingProxyType(
+    {cls: tuple(f.name for f in attrs.fields(cls)) for cls in MESSAGE_TYPES.values()}
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------
+
+
+def format_lsn(lsn: int) -> str:
+    """Render a byte LSN as Postgres does: upper and lower 32 bits in hex, ``X/Y``.
+
+    Like Postgres' ``%X/%X``, neither part is zero-padded: ``0/16B3748``, ``1/5``.
+
+    Args:
+        lsn: an unsigned 64-bit LSN.
+
+    Returns:
+        The LSN in Postgres' textual form.
+
+    Raises:
+        ValueError: `lsn` is not an int in 0..2**64-1 (a bug in the caller).
+    """
+    if type(lsn) is not int or not 0 <= lsn <= _U64_MAX:
+        raise ValueError(f"not a 64-bit LSN: {_show(lsn)}")
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def _format_history(history: tuple[TermSwitch, ...]) -> str:
+    return "[" + ",".join(f"{s.term}@{format_lsn(s.lsn)}" for s in history) + "]"
+
+
+_DESCRIBERS: Mapping[type, Callable[[object], str]] = MappingProxyType(
+    {
+        Greeting: lambda m: f"{m.proposer}->* Greeting",
+        GreetingResponse: lambda m: f"{m.acceptor}->{m.proposer} GreetingResponse term={m.term}",
+        VoteRequest: lambda m: f"{m.proposer}->* VoteRequest term={m.term}",
+        VoteResponse: lambda m: (
+            f"{m.acceptor}->{m.proposer} VoteResponse term={m.term}"
+            f" flush={format_lsn(m.flush_lsn)} commit={format_lsn(m.commit_lsn)}"
+            f" history={_format_history(m.term_history)}"
+        ),
+        ProposerElected: lambda m: (
+            f"{m.proposer}->* ProposerElected term={m.term}"
+            f" history={_format_history(m.term_history)}"
+        ),
+        AppendRequest: lambda m: (
+            f"{m.proposer}->* AppendRequest term={m.term}"
+            f" lsn={format_lsn(m.begin_lsn)}..{format_lsn(m.end_lsn)}"
+            f" commit={format_lsn(m.commit_lsn)} ({len(m.wal)} B)"
+        ),
+        AppendResponse: lambda m: (
+            f"{m.acceptor}->* AppendResponse term={m.term}"
+            f" flush={format_lsn(m.flush_lsn)} commit={format_lsn(m.commit_lsn)}"
+        ),
+    }
+)
+
+
+def describe(msg: Message) -> str:
+    """One stable line for logs, scenario files and test expectations.
+
+    ``sender->receiver Type field=value ...``; ``*`` stands for whoever is at the other end
+    of the connection (requests and acks name no receiver, as in the spec).  LSNs are in
+    Postgres form; an AppendRequest shows its WAL's size, not its bytes.  Example:
+    ``a2->p1 VoteResponse term=3 flush=0/1A0 commit=0/100 history=[0@0/0,2@0/80]``.
+
+    Args:
+        msg: any message.
+
+    Returns:
+        The line, without a newline.
+
+    Raises:
+        TypeError: `msg` is not a message (a bug in the caller).
+    """
+    describer = _DESCRIBERS.get(type(msg))
+    if describer is None:
+        raise TypeError(f"not a protocol message: {type(msg).__name__}")
+    return describer(msg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------------------------
+
+
+def encode(msg: Message) -> bytes:
+    """Encode one message as one frame: length prefix, version byte, CBOR body.
+
+    Args:
+        msg: any message (already valid: its constructor checked it).
+
+    Returns:
+        The frame, ready to be written to the connection as is.
+
+    Raises:
+        TypeError: `msg` is not a message.
+        ValueError: the frame would exceed MAX_FRAME (the proposer built too large an
+            AppendRequest); every peer would refuse it, so it is refused here.
+    """
+    cls = type(msg)
+    names = _FIELDS.get(cls)
+    if names is None:
+        raise TypeError(f"not a protocol message: {cls.__name__}")
+    fields: dict[str, object] = {}
+    for name in names:
+        value = getattr(msg, name)
+        if name == "term_history":
+            value = [[s.term, s.lsn] for s in value]
+        fields[name] = value
+    body = cbor2.dumps([cls.__name__, fields])
+    length = 1 + len(body)
+    if length > MAX_FRAME:
+        raise ValueError(
+            f"{cls.__name__} frame of {length} bytes exceeds MAX_FRAME ({MAX_FRAME});"
+            " send less WAL per AppendRequest"
+        )
+    return length.to_bytes(_PREFIX_LEN, "big") + bytes((PROTOCOL_VERSION,)) + body
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_length(length: int) -> None:
+    if length > MAX_FRAME:
+        raise ProtocolError(f"frame length {length} exceeds MAX_FRAME ({MAX_FRAME})")
+    if length < _MIN_FRAME:
+        raise ProtocolError(
+            f"frame length {length} is too short: a frame holds a version byte and a body"
+        )
+
+
+def _reject_tag(*_args: object) -> NoReturn:
+    raise ValueError("CBOR tags are not part of the wire format")
+
+
+_REJECT_SEMANTIC_TAGS: Mapping[int, Callable[..., NoReturn]] = MappingProxyType(
+    {tag: _reject_tag for tag in _CBOR2_SEMANTIC_TAGS}
+)
+
+
+def _load_body(body: bytes) -> object:
+    """Parse the CBOR body, strictly, and insist that it is exactly one item."""
+    stream = io.BytesIO(body)
+    decoder = cbor2.CBORDecoder(
+        stream,
+        tag_hook=_reject_tag,
+        semantic_decoders=dict(_REJECT_SEMANTIC_TAGS),
+        max_depth=_MAX_CBOR_DEPTH,
+        allow_indefinite=False,  # encode() never writes them; one spelling per message
+        allow_duplicate_keys=False,  # {"term": 1, "term": 9} must not mean whichever is last
+        strict_hashable_types=True,  # only string keys: no hash-collision tricks
+    )
+    try:
+        item = decoder.decode()
+    # Deliberately broad: this is the one call that runs a third-party parser on peer bytes,
+    # and cbor2's errors (CBORDecodeError is no ValueError since 6.0), its hooks' errors and
+    # RecursionError/OverflowError/MemoryError are all the peer's fault, not ours.
+    except Exception as exc:
+        cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+        raise ProtocolError(f"body is not valid CBOR: {str(exc)[:200]}{cause}") from exc
+    extra = len(body) - stream.tell()
+    if extra:
+        raise ProtocolError(f"body has {extra} trailing bytes after its CBOR item")
+    return item
+
+
+def _history_from_wire(cls_name: str, value: object) -> object:
+    """Turn the wire's [[term, lsn], ...] into TermSwitches; shape errors name the index."""
+    if type(value) is not list:
+        raise ProtocolError(
+            f"{cls_name}: field term_history: expected a list of [term, lsn] pairs,"
+            f" got {_show(value)}"
+        )
+    switches = []
+    for i, pair in enumerate(value):
+        if type(pair) is not list or len(pair) != 2:
+            raise ProtocolError(
+                f"{cls_name}: field term_history[{i}]: expected a [term, lsn] pair,"
+                f" got {_show(pair)}"
+            )
+        try:
+            switches.append(TermSwitch(term=pair[0], lsn=pair[1]))
+        except ProtocolError as exc:
+            raise ProtocolError(f"{cls_name}: field term_history[{i}]: {exc}") from None
+    return tuple(switches)
+
+
+def _message_from_body(item: object) -> Message:
+    """Check the body's shape, then let the class's own constructor check the values."""
+    if type(item) is not list or len(item) != 2:
+        raise ProtocolError(
+            f"body must be a 2-element list [type, fields], got {_show(item)}"
+        )
+    name, fields = item
+    if type(name) is not str:
+        raise ProtocolError(f"message type must be a string, got {_show(name)}")
+    cls = MESSAGE_TYPES.get(name)
+    if cls is None:
+        raise ProtocolError(f"unknown message type {_quote(name)}")
+    if type(fields) is not dict:
+        raise ProtocolError(f"{name}: fields must be a map, got {_show(fields)}")
+    expected = _FIELDS[cls]
+    for key in fields:
+        # strict_hashable_types already limits keys to text and byte strings.
+        if type(key) is not str:
+            raise ProtocolError(f"{name}: field names must be strings, got {_show(key)}")
+        if key not in expected:
+            raise ProtocolError(f"{name}: unexpected field {_quote(key)}")
+    for key in expected:
+        if key not in fields:
+            raise ProtocolError(f"{name}: missing field {key!r}")
+    kwargs = dict(fields)
+    if "term_history" in kwargs:
+        kwargs["term_history"] = _history_from_wire(name, kwargs["term_history"])
+    try:
+        return cls(**kwargs)
+    except ProtocolError:
+        raise
+    # Defensive: the validators reject every value they do not expect, so a builtin error
+    # here would be a bug in this file; still, the peer must only ever cause ProtocolError.
+    except (TypeError, ValueError, OverflowError) as exc:  # pragma: no cover
+        raise ProtocolError(f"{name}: invalid fields: {exc}") from exc
+
+
+def _decode_payload(version: int, body: bytes) -> Message:
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"unsupported protocol version {version} (this side speaks {PROTOCOL_VERSION})"
+        )
+    return _message_from_body(_load_body(body))
+
+
+def decode(frame: bytes) -> Message:
+    """Decode exactly one complete frame, as `encode` produced it.
+
+    Args:
+        frame: the frame's bytes: length prefix, version byte, body, and nothing more.
+
+    Returns:
+        The message, fully validated.
+
+    Raises:
+        ProtocolError: the frame is short, oversize, followed by trailing bytes, of another
+            version, or its body is not a valid message; the text names the problem.
+    """
+    if len(frame) < _PREFIX_LEN:
+        raise ProtocolError(f"frame of {len(frame)} bytes is shorter than its length prefix")
+    length = int.from_bytes(frame[:_PREFIX_LEN], "big")
+    _check_length(length)
+    total = _PREFIX_LEN + length
+    if len(frame) < total:
+        raise ProtocolError(f"truncated frame ({len(frame)} of {total} bytes)")
+    if len(frame) > total:
+        raise ProtocolError(f"{len(frame) - total} trailing bytes after the frame")
+    return _decode_payload(frame[_PREFIX_LEN], bytes(frame[_PREFIX_LEN + 1 :]))
+
+
+class FrameDecoder:
+    """Turns the bytes of one connection into messages, sans-IO (like h11's receive side).
+
+    Usage: the shell reads from the socket, calls `feed(data)`, then calls `next_message()`
+    until it returns None (read more), and calls `eof()` when the peer closes.  Any
+    ProtocolError is sticky: the decoder refuses all further work, as the connection must be
+    closed (a stream that was misframed once cannot be resynchronised).
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        # Where, in _buf, the last frame whose length prefix was checked starts and ends.  The
+        # end may lie past the buffered bytes (body still arriving); feed() checks the next
+        # prefix once its 4 bytes are there, and only then.
+        self._frame_start = 0
+        self._frame_end = 0
+        self._error: ProtocolError | None = None
+        self._closed = False
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise ProtocolError(f"connection already failed: {self._error}")
+
+    def _fail(self, error: ProtocolError) -> NoReturn:
+        self._error = error
+        self._buf.clear()
+        raise error
+
+    def feed(self, data: bytes) -> None:
+        """Buffer bytes read from the connection.
+
+        Every length prefix is checked as soon as its 4 bytes are buffered, so an oversize
+        frame is refused before its body is read (or even sent).
+
+        Args:
+            data: the bytes read (bytes, bytearray or memoryview; may be empty).
+
+        Raises:
+            ProtocolError: a length prefix is above MAX_FRAME or below the minimum, or the
+                decoder already failed.  Complete frames buffered before the bad prefix are
+                dropped with the connection.
+            RuntimeError: `eof()` was already called (a bug in the caller).
+            TypeError: `data` is not bytes-like.
+        """
+        self._raise_if_failed()
+        if self._closed:
+            raise RuntimeError("feed() after eof()")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"feed() takes bytes, not {type(data).__name__}")
+        self._buf += data
+        while self._frame_end + _PREFIX_LEN <= len(self._buf):
+            start = self._frame_end
+            length = int.from_bytes(self._buf[start : start + _PREFIX_LEN], "big")
+            try:
+                _check_length(length)
+            except ProtocolError as exc:
+                self._fail(exc)
+            self._frame_start = start
+            self._frame_end = start + _PREFIX_LEN + length
+
+    def next_message(self) -> Message | None:
+        """Take the next complete message out of the buffer.
+
+        Returns:
+            The message, fully validated; or None if no complete frame is buffered yet
+            (read more and `feed` it).
+
+        Raises:
+            ProtocolError: the frame is not a valid message of this version, or the decoder
+                already failed.
+        """
+        self._raise_if_failed()
+        if len(self._buf) < _PREFIX_LEN:
+            return None
+        # feed() has checked this prefix already: the buffer always starts at a frame.
+        total = _PREFIX_LEN + int.from_bytes(self._buf[:_PREFIX_LEN], "big")
+        if len(self._buf) < total:
+            return None
+        version = self._buf[_PREFIX_LEN]
+        body = bytes(self._buf[_PREFIX_LEN + 1 : total])
+        del self._buf[:total]
+        self._frame_start -= total
+        self._frame_end -= total
+        try:
+            return _decode_payload(version, body)
+        except ProtocolError as exc:
+            self._fail(exc)
+
+    def eof(self) -> None:
+        """Tell the decoder the peer closed the connection.
+
+        Complete frames still buffered remain available from `next_message()`.
+
+        Raises:
+            ProtocolError: a frame was cut short ("connection closed mid-frame (N of M
+                bytes)"), or the decoder already failed.
+        """
+        self._raise_if_failed()
+        self._closed = True
+        buffered = len(self._buf)
+        if buffered < self._frame_end:
+            # The last checked frame is incomplete.
+            got = buffered - self._frame_start
+            want = self._frame_end - self._frame_start
+            self._fail(ProtocolError(f"connection closed mid-frame ({got} of {want} bytes)"))
+        if buffered > self._frame_end:
+            # Part of a length prefix: the frame's size is not even known.
+            got = buffered - self._frame_end
+            self._fail(
+                ProtocolError(
+                    f"connection closed mid-frame ({got} of at least {_PREFIX_LEN} bytes)"
+                )
+            )
