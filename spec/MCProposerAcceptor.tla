@@ -109,9 +109,10 @@ Truncation == Script(<<{"a1", "a2"}, {"a1", "a3"}>>,
                      <<{"a1", "a2"}, All>>,
                      <<1, 0>>)
 
-\* Streaming before ProposerElected.  T1 writes an entry to a1 only; every
-\* acceptor votes in T2, whose leader writes two entries to a1 and a2.
-EarlyAppend == Script(<<All, All>>,
+\* Streaming before ProposerElected.  T1 (a1, a2) writes an entry to a1
+\* only; every acceptor may vote in T2, whose leader writes two entries that
+\* only a1 and a2 take.
+EarlyAppend == Script(<<{"a1", "a2"}, All>>,
                       <<{"a1"}, {"a1", "a2"}>>,
                       <<1, 2>>)
 
