@@ -32,7 +32,7 @@ import attrs
 import cbor2
 import crc32c
 
-from impl.storage import CorruptStorage
+from impl.storage import CorruptStorage, fsync_dir
 
 __all__ = [
     "CONTROL_NAME",
@@ -221,15 +221,6 @@ def _state_from_body(encoded: bytes) -> ControlState:
 # ---------------------------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    """fsync a directory, making the creations, renames and removals in it durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @attrs.frozen
 class FileControlStorage:
     """The control file in ``directory`` (which must exist). Implements ``ControlStorage``.
@@ -302,4 +293,4 @@ class FileControlStorage:
         os.replace(self.tmp_path, self.path)
         # The rename lives in the directory; until the directory is fsynced a crash may undo
         # it and resurrect the old state after we have acted on the new one (e.g. voted).
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)

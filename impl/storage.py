@@ -16,6 +16,8 @@ Theory of operation:
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -109,3 +111,12 @@ class ControlStorage(Protocol):
         """Replace the stored state durably and atomically: after a crash ``load`` returns
         either the old state or the new one, never a mix."""
         ...
+
+
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory, making the creations, renames and removals in it durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import attrs
 
-from impl.storage import CorruptStorage
+from impl.storage import CorruptStorage, fsync_dir
 
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",
@@ -100,15 +100,6 @@ def _check_segment_size(segment_size: int) -> None:
         raise ValueError(f"segment_size must be an int >= {MIN_SEGMENT_SIZE}, got {segment_size!r}")
     if segment_size & (segment_size - 1):
         raise ValueError(f"segment_size must be a power of two, got {segment_size}")
-
-
-def _fsync_dir(directory: Path) -> None:
-    """fsync a directory, making the creations, renames and removals in it durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -250,7 +241,7 @@ class FileWal:
             directory, segment_size, start_lsn, tail=start_lsn, tail_partial=True, end=start_lsn
         )
         self._fd = os.open(self._tail_path(), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        _fsync_dir(directory)
+        fsync_dir(directory)
 
     @classmethod
     def open(
@@ -429,7 +420,7 @@ class FileWal:
             while self._tail > keep:
                 self._close_fd()
                 os.unlink(self._tail_path())
-                _fsync_dir(self._directory)
+                fsync_dir(self._directory)
                 self._tail -= self._segment_size
                 self._tail_partial = False  # every segment before the last is completed
             if self._tail == keep:
@@ -439,7 +430,7 @@ class FileWal:
                     completed = self._tail_path()
                     self._tail_partial = True
                     os.rename(completed, self._tail_path())
-                    _fsync_dir(self._directory)
+                    fsync_dir(self._directory)
                     self._fd = os.open(self._tail_path(), os.O_RDWR)
                 # Step 3: cut; only the last file's size changes.
                 assert self._fd is not None
@@ -542,7 +533,7 @@ class FileWal:
             os.fsync(self._fd)
             self._tail_dirty = False
         if self._dir_dirty:
-            _fsync_dir(self._directory)
+            fsync_dir(self._directory)
             self._dir_dirty = False
 
     def _roll_if_full(self) -> None:
@@ -559,7 +550,7 @@ class FileWal:
             os.rename(partial, self._tail_path())
             # Make the rename durable before the next segment exists; otherwise a crash
             # could keep the new .partial but lose the rename: two .partial files.
-            _fsync_dir(self._directory)
+            fsync_dir(self._directory)
             self._tail_dirty = self._dir_dirty = False
         self._tail += self._segment_size
         self._tail_partial = True

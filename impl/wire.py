@@ -290,6 +290,12 @@ def _history_field() -> object:
 # ---------------------------------------------------------------------------------------------
 
 
+def _check_commit_within_flush(msg: VoteResponse | AppendResponse) -> None:
+    """An acceptor's commit_lsn is capped by its flush_lsn (spec: AcceptAppend)."""
+    if msg.commit_lsn > msg.flush_lsn:
+        _fail(msg, "commit_lsn", f"{format_lsn(msg.commit_lsn)} exceeds flush_lsn {format_lsn(msg.flush_lsn)}")
+
+
 @attrs.frozen(kw_only=True)
 class TermSwitch:
     """One entry of a term history: from `lsn` on, the WAL was written in `term`.
@@ -340,12 +346,7 @@ class VoteResponse:
     commit_lsn: int = _u64_field()
 
     def __attrs_post_init__(self) -> None:
-        if self.commit_lsn > self.flush_lsn:
-            _fail(
-                self,
-                "commit_lsn",
-                f"{format_lsn(self.commit_lsn)} exceeds flush_lsn {format_lsn(self.flush_lsn)}",
-            )
+        _check_commit_within_flush(self)
         last = self.term_history[-1]
         # Spec, FlushedHistory: only switch points at or below flush_lsn are reported.
         if last.lsn > self.flush_lsn:
@@ -430,12 +431,7 @@ class AppendResponse:
     commit_lsn: int = _u64_field()
 
     def __attrs_post_init__(self) -> None:
-        if self.commit_lsn > self.flush_lsn:
-            _fail(
-                self,
-                "commit_lsn",
-                f"{format_lsn(self.commit_lsn)} exceeds flush_lsn {format_lsn(self.flush_lsn)}",
-            )
+        _check_commit_within_flush(self)
 
 
 Message: TypeAlias = (
