@@ -58,6 +58,7 @@ __all__ = [
     "DEFAULT_SEGMENT_SIZE",
     "MIN_SEGMENT_SIZE",
     "PARTIAL_SUFFIX",
+    "has_segments",
     "FileWal",
     "segment_name",
 ]
@@ -93,6 +94,11 @@ def _looks_like_segment(name: str) -> bool:
     stem = name.split(".", 1)[0]
     hex_stem = stem != "" and all(c in string.hexdigits for c in stem)
     return name.endswith(PARTIAL_SUFFIX) or hex_stem
+
+
+def has_segments(directory: Path) -> bool:
+    """Whether `directory` holds anything that is, or was meant to be, a WAL segment."""
+    return any(_looks_like_segment(entry.name) for entry in directory.iterdir())
 
 
 def _check_segment_size(segment_size: int) -> None:

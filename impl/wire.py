@@ -75,6 +75,12 @@ AppendRequest      term (>= 1), lsn <- begin_lsn, entries <- wal, commit <- comm
 AppendResponse     from <- acceptor, term (>= 1), flush <- flush_lsn; commit_lsn is
                    wire-only.  As in the spec, an ack names no proposer: it is addressed
                    by its term, and a term has one leader
+WalRead, WalData   not in the spec (IMPLEMENTATION_ONLY): a new leader fetches the donor's
+                   WAL bytes with them.  The spec's CollectVote hands the proposer the
+                   donor's WAL with the vote; the implementation learns only its extent
+                   from the vote and reads the bytes afterwards.  Neither changes any spec
+                   variable: the acceptor only reads, and the proposer's prop_wal already
+                   is the donor's WAL in the abstraction (impl/trace.py)
 =================  =====================================================================
 
 The spec's requests name no receiver and stand for the copies sent on each connection; on
@@ -113,8 +119,11 @@ __all__ = [
     "ProposerElected",
     "ProtocolError",
     "TermSwitch",
+    "IMPLEMENTATION_ONLY",
     "VoteRequest",
     "VoteResponse",
+    "WalData",
+    "WalRead",
     "decode",
     "describe",
     "encode",
@@ -296,6 +305,23 @@ def _check_commit_within_flush(msg: VoteResponse | AppendResponse) -> None:
         _fail(msg, "commit_lsn", f"{format_lsn(msg.commit_lsn)} exceeds flush_lsn {format_lsn(msg.flush_lsn)}")
 
 
+def _check_range(msg: AppendRequest | WalRead | WalData) -> None:
+    if msg.begin_lsn > msg.end_lsn:
+        raise ProtocolError(
+            f"{type(msg).__name__}: inverted LSN range: begin_lsn {format_lsn(msg.begin_lsn)}"
+            f" > end_lsn {format_lsn(msg.end_lsn)}"
+        )
+
+
+def _check_wal_length(msg: AppendRequest | WalData) -> None:
+    if msg.end_lsn - msg.begin_lsn != len(msg.wal):
+        _fail(
+            msg,
+            "wal",
+            f"end_lsn - begin_lsn = {msg.end_lsn - msg.begin_lsn} but len(wal) = {len(msg.wal)}",
+        )
+
+
 @attrs.frozen(kw_only=True)
 class TermSwitch:
     """One entry of a term history: from `lsn` on, the WAL was written in `term`.
@@ -405,16 +431,8 @@ class AppendRequest:
     wal: bytes = attrs.field(validator=_check_bytes, repr=lambda wal: f"<{len(wal)} bytes>")
 
     def __attrs_post_init__(self) -> None:
-        if self.begin_lsn > self.end_lsn:
-            raise ProtocolError(
-                f"AppendRequest: inverted LSN range: begin_lsn {format_lsn(self.begin_lsn)}"
-                f" > end_lsn {format_lsn(self.end_lsn)}"
-            )
-        if self.end_lsn - self.begin_lsn != len(self.wal):
-            raise ProtocolError(
-                f"AppendRequest: field wal: end_lsn - begin_lsn = {self.end_lsn - self.begin_lsn}"
-                f" but len(wal) = {len(self.wal)}"
-            )
+        _check_range(self)
+        _check_wal_length(self)
 
 
 @attrs.frozen(kw_only=True)
@@ -434,6 +452,38 @@ class AppendResponse:
         _check_commit_within_flush(self)
 
 
+@attrs.frozen(kw_only=True)
+class WalRead:
+    """A new leader asks its donor for WAL bytes [begin_lsn, end_lsn) it voted with.
+
+    Not a spec message (see IMPLEMENTATION_ONLY).  The donor answers only while its term is
+    still `term`: then nobody can have truncated the flushed WAL its vote described.
+    """
+
+    proposer: str = _node_field()
+    term: int = _term_field()
+    begin_lsn: int = _u64_field()
+    end_lsn: int = _u64_field()
+
+    def __attrs_post_init__(self) -> None:
+        _check_range(self)
+
+
+@attrs.frozen(kw_only=True)
+class WalData:
+    """The donor's answer to a WalRead: the WAL bytes [begin_lsn, end_lsn).  Not in the spec."""
+
+    acceptor: str = _node_field()
+    term: int = _term_field()
+    begin_lsn: int = _u64_field()
+    end_lsn: int = _u64_field()
+    wal: bytes = attrs.field(validator=_check_bytes, repr=lambda wal: f"<{len(wal)} bytes>")
+
+    def __attrs_post_init__(self) -> None:
+        _check_range(self)
+        _check_wal_length(self)
+
+
 Message: TypeAlias = (
     Greeting
     | GreetingResponse
@@ -442,6 +492,8 @@ Message: TypeAlias = (
     | ProposerElected
     | AppendRequest
     | AppendResponse
+    | WalRead
+    | WalData
 )
 
 # Wire type name -> class.  The names are the spec's message `type` strings.
@@ -456,9 +508,14 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
             ProposerElected,
             AppendRequest,
             AppendResponse,
+            WalRead,
+            WalData,
         )
     }
 )
+
+# The messages the spec does not model; every other type is a spec message `type`.
+IMPLEMENTATION_ONLY: frozenset[str] = frozenset({"WalRead", "WalData"})
 
 # Per class, its field names in declaration order: the order encode() writes them in.
 _FIELDS: Mapping[type, tuple[str, ...]] = MappingProxyType(
@@ -516,6 +573,14 @@ _DESCRIBERS: Mapping[type, Callable[[object], str]] = MappingProxyType(
         AppendResponse: lambda m: (
             f"{m.acceptor}->* AppendResponse term={m.term}"
             f" flush={format_lsn(m.flush_lsn)} commit={format_lsn(m.commit_lsn)}"
+        ),
+        WalRead: lambda m: (
+            f"{m.proposer}->* WalRead term={m.term}"
+            f" lsn={format_lsn(m.begin_lsn)}..{format_lsn(m.end_lsn)}"
+        ),
+        WalData: lambda m: (
+            f"{m.acceptor}->* WalData term={m.term}"
+            f" lsn={format_lsn(m.begin_lsn)}..{format_lsn(m.end_lsn)} ({len(m.wal)} B)"
         ),
     }
 )

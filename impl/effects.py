@@ -1,0 +1,158 @@
+"""The outputs of the sans-IO cores: what the shell must do, in the order given.
+
+A core method returns a tuple of these.  The shell (trio, or the simulator) runs them in
+order; a `PersistControl` or `Flush` is followed, once it is durable, by the matching
+completion call on the core (`on_persisted()`, `on_flushed()`).  Nothing else is reported
+back: a `WriteWal` or `TruncateWal` is done before the shell runs the next effect.
+
+Every effect is a frozen attrs class, so tests compare them by value and `describe` renders
+them for scenario transcripts.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import attrs
+
+from impl.control import ControlState
+from impl.wire import Message, describe as describe_message, format_lsn
+
+__all__ = [
+    "Committed",
+    "Effect",
+    "Flush",
+    "MsgMeta",
+    "PersistControl",
+    "ResetConnections",
+    "Send",
+    "SendWal",
+    "SetTimer",
+    "TruncateWal",
+    "WriteWal",
+    "describe",
+]
+
+
+@attrs.frozen
+class MsgMeta:
+    """A traced message's identity: a globally unique id and its sender's Lamport clock.
+
+    Present only when the sender traces; the shell carries it beside the message (in the
+    simulator's envelope) and hands it to the receiver's `receive`.
+    """
+
+    id: str
+    lc: int
+
+
+@attrs.frozen
+class Send:
+    """Send `msg` to peer `to` (a node id) on the connection to it, if there is one."""
+
+    to: str
+    msg: Message
+    meta: MsgMeta | None = None
+
+
+@attrs.frozen
+class SendWal:
+    """Read WAL [begin_lsn, end_lsn) and send it to `to` as a WalData of `term`.
+
+    The acceptor decides; the shell reads, because the core never touches storage.
+    """
+
+    to: str
+    term: int
+    begin_lsn: int
+    end_lsn: int
+
+
+@attrs.frozen
+class WriteWal:
+    """Write `data` at `lsn` (= the WAL's write_lsn); not durable until a Flush."""
+
+    lsn: int
+    data: bytes = attrs.field(repr=lambda data: f"<{len(data)} bytes>")
+
+
+@attrs.frozen
+class Flush:
+    """fsync the WAL up to `upto` (all that is written); then call `on_flushed()`."""
+
+    upto: int
+
+
+@attrs.frozen
+class TruncateWal:
+    """Drop the WAL at and after `lsn`, crash-safely."""
+
+    lsn: int
+
+
+@attrs.frozen
+class PersistControl:
+    """Store `state` as the control file, atomically; then call `on_persisted()`."""
+
+    state: ControlState
+
+
+@attrs.frozen
+class SetTimer:
+    """(Re)arm timer `name` to fire `on_timer(name)` after `delay` ms (shell may add jitter)."""
+
+    name: str
+    delay: int
+
+
+@attrs.frozen
+class Committed:
+    """The proposer's commit_lsn advanced: appends ending at or below it are durable."""
+
+    commit_lsn: int
+
+
+@attrs.frozen
+class ResetConnections:
+    """The proposer restarted itself: close every connection and open new ones.
+
+    Replies in flight to the old incarnation die with its connections (the spec's
+    RestartProposer drops messages addressed to it); the shell then calls
+    `on_connected(acceptor)` for each new connection.
+    """
+
+
+Effect: TypeAlias = (
+    Send | SendWal | WriteWal | Flush | TruncateWal | PersistControl | SetTimer | Committed
+    | ResetConnections
+)
+
+
+def describe(effect: Effect) -> str:
+    """One stable line per effect, for scenario transcripts and logs."""
+    match effect:
+        case Send(to=to, msg=msg):
+            return f"send {to}: {describe_message(msg)}"
+        case SendWal(to=to, term=term, begin_lsn=begin, end_lsn=end):
+            return f"send-wal {to}: term={term} lsn={format_lsn(begin)}..{format_lsn(end)}"
+        case WriteWal(lsn=lsn, data=data):
+            return f"write-wal {format_lsn(lsn)} ({len(data)} B)"
+        case Flush(upto=upto):
+            return f"flush {format_lsn(upto)}"
+        case TruncateWal(lsn=lsn):
+            return f"truncate-wal {format_lsn(lsn)}"
+        case PersistControl(state=s):
+            history = ",".join(f"{t}@{format_lsn(lsn)}" for t, lsn in s.term_history)
+            pending = s.truncate_pending_lsn
+            return (
+                f"persist-control term={s.term} history=[{history}]"
+                f" commit={format_lsn(s.commit_lsn)}"
+                + (f" truncate-pending={format_lsn(pending)}" if pending is not None else "")
+            )
+        case SetTimer(name=name, delay=delay):
+            return f"set-timer {name} {delay}ms"
+        case Committed(commit_lsn=lsn):
+            return f"committed {format_lsn(lsn)}"
+        case ResetConnections():
+            return "reset-connections"
+    raise TypeError(f"not an effect: {type(effect).__name__}")
