@@ -40,7 +40,9 @@ Rules:
    GreetingResponse, the spec's AnswerGreeting of that proposer's Greeting (which the spec
    keeps in the network), so a deposed leader learns it at once.  A message that can come
    from no correct proposer (a reply type, a history from another WAL) raises
-   `ProtocolError`: the shell closes that connection.
+   `ProtocolError`: the shell closes that connection.  A queued message (rule 2) can only
+   be judged inside a later completion call, so there its refusal is a `Close` effect
+   instead, and the completion's other effects stand.
 4. Acks and votes are retransmitted as the same message.  A caught-up acceptor answers a
    duplicate append or a heartbeat by sending its last ack again, and a repeated VoteRequest
    of the proposer it voted for by sending its vote again, with the same trace id: in the
@@ -65,6 +67,7 @@ import attrs
 
 from impl.control import ControlState, FileControlStorage
 from impl.effects import (
+    Close,
     Effect,
     Flush,
     MsgMeta,
@@ -75,7 +78,7 @@ from impl.effects import (
     WriteWal,
 )
 from impl.storage import CorruptStorage
-from impl.wal import FileWal, has_segments
+from impl.wal import DEFAULT_SEGMENT_SIZE, FileWal, has_segments
 from impl.termhistory import (
     TermHistory,
     flushed_history,
@@ -101,6 +104,10 @@ from impl.wire import (
 __all__ = ["AcceptorCore", "CoreMisuse", "open_acceptor"]
 
 Effects = tuple[Effect, ...]
+
+
+# The messages an acceptor takes; anything else is refused at once, even while busy.
+_RECEIVED = frozenset({Greeting, VoteRequest, ProposerElected, AppendRequest, WalRead})
 
 
 class CoreMisuse(RuntimeError):
@@ -210,6 +217,8 @@ class AcceptorCore:
         Raises:
             ProtocolError: the message cannot come from a correct proposer (rule 3).
         """
+        if type(msg) not in _RECEIVED:
+            raise ProtocolError(f"acceptor {self.node} got {type(msg).__name__}, which only proposers receive")
         if self._awaiting is not None:
             self._backlog.append((peer, msg, meta))
             return ()
@@ -244,7 +253,7 @@ class AcceptorCore:
                 return self.accept_append(peer, msg, meta)
             case WalRead():
                 return self._serve_wal(peer, msg)
-        raise ProtocolError(f"acceptor {self.node} got {type(msg).__name__}, which only proposers receive")
+        raise AssertionError(f"unreachable: {type(msg).__name__} passed receive()")
 
     def answer_greeting(self, peer: str, meta: MsgMeta | None) -> Effects:
         """Tell proposer `peer` our term.  Spec: AnswerGreeting.
@@ -273,7 +282,9 @@ class AcceptorCore:
                 flush_lsn=self.flush_lsn,
                 commit_lsn=self.commit_lsn,
             )
-            return self._emit("Vote", (Send(peer, reply),), meta)
+            sends = self._emit("Vote", (Send(peer, reply),), meta)
+            self._last_vote = sends[0]
+            return sends
 
         return (self._persist(voted),)
 
@@ -307,8 +318,8 @@ class AcceptorCore:
         self._leader = peer
 
         def elected() -> Effects:
-            ack = self._ack()
-            effects = self._emit("AcceptElected", (ack,), meta)
+            effects = self._emit("AcceptElected", (self._ack(),), meta)
+            self._last_ack = effects[0]
             if not cut:
                 return effects
             # The new history and the cut point are durable: finish the cut, then clear
@@ -348,8 +359,10 @@ class AcceptorCore:
         """Spec: Flush.  Everything written is durable; ack it to this term's leader."""
         self.flush_lsn = self.write_lsn
         streaming = self.term > 0 and last_log_term(self.history) == self.term
-        sends = (self._ack(),) if streaming and self._leader is not None else ()
-        return self._emit("Flush", sends, None)
+        sends = self._emit("Flush", (self._ack(),) if streaming and self._leader is not None else ())
+        if sends:
+            self._last_ack = sends[0]
+        return sends
 
     # -----------------------------------------------------------------------------------
     # Helpers
@@ -399,7 +412,11 @@ class AcceptorCore:
         then, self._then = self._then, lambda: ()
         effects = then()
         while self._awaiting is None and self._backlog:
-            effects += self._dispatch(*self._backlog.popleft())
+            peer, msg, meta = self._backlog.popleft()
+            try:
+                effects += self._dispatch(peer, msg, meta)
+            except ProtocolError as exc:  # its receive() has returned long ago
+                effects += (Close(peer, str(exc)),)
         return effects
 
     def _emit(
@@ -412,11 +429,6 @@ class AcceptorCore:
         """Trace the action that just took effect; return its sends, stamped if traced."""
         if self._tracer is not None:
             sends = tuple(self._tracer.event(action, self.spec_state(), sends, recv, args))
-        for send in sends:
-            if type(send.msg) is AppendResponse:
-                self._last_ack = send
-            elif type(send.msg) is VoteResponse:
-                self._last_vote = send
         return sends
 
     def spec_state(self) -> dict[str, Any]:
@@ -432,11 +444,16 @@ class AcceptorCore:
 
 
 def open_acceptor(
-    directory: str | os.PathLike[str], node: str, wal_start: int = 0, tracer: Tracer | None = None
+    directory: str | os.PathLike[str],
+    node: str,
+    wal_start: int = 0,
+    tracer: Tracer | None = None,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
 ) -> tuple[AcceptorCore, Effects, FileWal, FileControlStorage]:
     """Start an acceptor from its directory: control file and WAL segments.
 
     A directory with neither is a fresh acceptor (a new WAL is created at `wal_start`).
+    `segment_size` must be the one the WAL was created with (the cluster's configuration).
 
     Returns:
         The core, the effects to run first (finishing an interrupted truncation), the WAL
@@ -457,7 +474,7 @@ def open_acceptor(
                 f"acceptor {node}: {directory} holds WAL segments but no control file"
                 f" ({control_storage.path}); refusing to start on a guessed term"
             )
-        wal = FileWal(directory, start_lsn=wal_start)
+        wal = FileWal(directory, segment_size=segment_size, start_lsn=wal_start)
         return AcceptorCore.fresh(node, wal_start, tracer), (), wal, control_storage
     if control.node_id != node:
         raise CorruptStorage(
@@ -465,7 +482,7 @@ def open_acceptor(
         )
     if not has_wal:
         raise CorruptStorage(f"acceptor {node}: control file {control_storage.path} exists but {directory} has no WAL segments")
-    wal = FileWal.open(directory)
+    wal = FileWal.open(directory, segment_size=segment_size)
     try:
         core, effects = AcceptorCore.restart_acceptor(control, wal.flush_lsn, tracer)
     except CorruptStorage:

@@ -21,8 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from bench import BENCHMARKS
 from conformance.mutants import MODEL_MODULE, MutantError, MutantResult, check_mutant, load_mutants
 from conformance.tlc import Progress, TlcResult, TlcSetupError, TraceState, format_value, run_tlc
+from impl.sim import SimOptions, SimResult, run_seed
 
 __all__ = ["CliError", "build_parser", "main"]
 
@@ -316,6 +318,190 @@ def _add_tlc_commands(commands: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# paxwal sim
+# ---------------------------------------------------------------------------------------
+
+# Where `paxwal sim` writes run directories unless told otherwise (git-ignored).
+DEFAULT_SIM_OUT = Path("traces/sim")
+
+
+def _seed_range(text: str) -> range:
+    first, sep, last = text.partition(":")
+    if not sep or not first.isdigit() or not last.isdigit() or int(last) <= int(first):
+        raise argparse.ArgumentTypeError(f"expected A:B with integers A < B (seeds A..B-1), got {text!r}")
+    return range(int(first), int(last))
+
+
+def _print_sim_result(result: SimResult, out: TextIO) -> None:
+    print(
+        f"{'ok' if result.ok else 'FAILED'}: {result.events:,} trace events, {result.elections} elections,"
+        f" commit_lsn {result.commit_lsn:,}, {result.acknowledged:,} appends acknowledged,"
+        f" {result.virtual_ms / 1000:.1f} s virtual",
+        file=out,
+    )
+    for violation in result.violations:
+        print(f"  violation: {violation}", file=out)
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    if args.seeds is not None:
+        return _sim_campaign(args)
+    options = SimOptions.from_seed(args.seed, args.steps)
+    print(options.describe())
+    out = args.out if args.out is not None else DEFAULT_SIM_OUT / f"seed-{args.seed}"
+    result = run_seed(args.seed, args.steps, out=out)
+    _print_sim_result(result, sys.stdout)
+    print(f"run directory: {out}")
+    return 0 if result.ok else 1
+
+
+def _quiet_worker() -> None:
+    """Pool workers die by SIGTERM when the pool closes; no KeyboardInterrupt traceback."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _one_seed(job: tuple[int, int]) -> SimResult:
+    seed, steps = job
+    return run_seed(seed, steps, trace=False)
+
+
+def _sim_campaign(args: argparse.Namespace) -> int:
+    """Run many seeds (untraced, for speed); rerun each failure traced into its run directory."""
+    import multiprocessing
+    import time
+
+    seeds: range = args.seeds
+    jobs = args.jobs or os.cpu_count() or 1
+    started = time.monotonic()
+    failures: list[SimResult] = []
+    done = events = 0
+    bar = _Bar(sys.stderr, len(seeds))
+    work = [(seed, args.steps) for seed in seeds]
+    context = multiprocessing.get_context("fork")
+    with context.Pool(jobs, initializer=_quiet_worker) if jobs > 1 else _Serial() as pool:
+        for result in pool.imap_unordered(_one_seed, work, chunksize=4):
+            done += 1
+            if not result.ok:
+                failures.append(result)
+            bar.update(done, len(failures), time.monotonic() - started)
+    bar.close()
+    elapsed = time.monotonic() - started
+    print(
+        f"{len(seeds)} runs (seeds {seeds.start}..{seeds.stop - 1}, {args.steps} fault steps each),"
+        f" {len(failures)} failed, {_duration(elapsed)} ({len(seeds) / elapsed * 60:,.0f} runs/min, {jobs} jobs)"
+    )
+    out_root = args.out if args.out is not None else DEFAULT_SIM_OUT
+    for result in sorted(failures, key=lambda r: r.seed):
+        out = out_root / f"seed-{result.seed}"
+        run_seed(result.seed, args.steps, out=out)
+        print(f"seed {result.seed} FAILED: {result.violations[0]}")
+        print(f"  options: {SimOptions.from_seed(result.seed, args.steps).describe()}")
+        print(f"  reproduce: paxwal sim --seed {result.seed} --steps {args.steps}   (run directory {out})")
+    return 1 if failures else 0
+
+
+class _Serial:
+    """A stand-in for a process pool with one job: runs in this process."""
+
+    def __enter__(self) -> _Serial:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def imap_unordered(self, fn: Any, items: Sequence[Any], chunksize: int = 1) -> Any:
+        return map(fn, items)
+
+
+class _Bar:
+    """A progress bar on stderr: redrawn in place on a terminal, else a line every 10 s."""
+
+    def __init__(self, stream: TextIO, total: int) -> None:
+        self.stream = stream
+        self.total = total
+        self.tty = stream.isatty()
+        self.last_line_at = 0.0
+
+    def update(self, done: int, failed: int, seconds: float) -> None:
+        filled = done * 30 // self.total
+        text = f"[{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} runs, {failed} failed, {_duration(seconds)}"
+        if self.tty:
+            self.stream.write("\r" + text)
+            self.stream.flush()
+        elif seconds - self.last_line_at >= PROGRESS_LINE_SECONDS or done == self.total:
+            print(text, file=self.stream, flush=True)
+            self.last_line_at = seconds
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _add_sim_commands(commands: argparse._SubParsersAction) -> None:
+    sim = commands.add_parser(
+        "sim",
+        help="deterministic simulation of the protocol cores",
+        description=(
+            "Run the real proposer and acceptor cores on a virtual network, disk and clock, with "
+            "loss, duplication, reordering, partitions, crashes and competing proposers, then "
+            "stop the faults and require progress. The seed determines the whole run (its "
+            "options are printed), so a failing seed reproduces exactly. Built-in checks: one "
+            "leader per term, the committed log only grows, every acknowledged append survives, "
+            "the committed log is on a majority. Exit 0 if every run passes, 1 otherwise."
+        ),
+    )
+    which = sim.add_mutually_exclusive_group(required=True)
+    which.add_argument("--seed", type=int, metavar="S", help="one run, traced into its run directory")
+    which.add_argument(
+        "--seeds", type=_seed_range, metavar="A:B",
+        help="a campaign over seeds A..B-1 (untraced; failures are rerun traced)",
+    )
+    sim.add_argument("--steps", type=_positive_int, default=3000, metavar="N", help="events in the fault phase (default 3000)")
+    sim.add_argument(
+        "--out", type=Path, metavar="DIR",
+        help=f"run directory (--seed; default {DEFAULT_SIM_OUT}/seed-S) or parent of failing runs' directories (--seeds)",
+    )
+    sim.add_argument("--jobs", type=_positive_int, metavar="J", help="processes for --seeds (default: one per CPU)")
+    sim.set_defaults(handler=_cmd_sim)
+
+
+# ---------------------------------------------------------------------------------------
+# paxwal bench
+# ---------------------------------------------------------------------------------------
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    figures = BENCHMARKS[args.name].run(args.seconds)
+    if args.json:
+        print(json.dumps({"benchmark": args.name, **figures}))
+    else:
+        width = max(map(len, figures))
+        for key, value in figures.items():
+            print(f"{key.ljust(width)}  {value:,}" if isinstance(value, int) else f"{key.ljust(width)}  {value}")
+    return 0
+
+
+def _add_bench_commands(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="run one benchmark",
+        description=(
+            "Run one benchmark; it prints its figures and their ratios to a baseline measured "
+            "in the same run. Benchmarks: "
+            + "; ".join(f"{name}: {module.ABOUT}" for name, module in BENCHMARKS.items())
+        ),
+    )
+    bench.add_argument("name", choices=sorted(BENCHMARKS), metavar="NAME", help=", ".join(sorted(BENCHMARKS)))
+    bench.add_argument("--seconds", type=float, default=20.0, metavar="S", help="time budget (default 20)")
+    bench.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    bench.set_defaults(handler=_cmd_bench)
+
+
+# ---------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------
 
@@ -331,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_tlc_commands(commands)
+    _add_sim_commands(commands)
+    _add_bench_commands(commands)
     return parser
 
 

@@ -19,6 +19,7 @@ from impl.control import ControlState
 from impl.wire import Message, describe as describe_message, format_lsn
 
 __all__ = [
+    "Close",
     "Committed",
     "Effect",
     "Flush",
@@ -53,6 +54,19 @@ class Send:
     to: str
     msg: Message
     meta: MsgMeta | None = None
+
+
+@attrs.frozen
+class Close:
+    """Close the connection to `peer`: a message it sent was refused (a ProtocolError).
+
+    A core raises ProtocolError from the `receive` that got the bad message; this effect is
+    for a message it had queued and could only judge later, inside a completion call whose
+    other effects must not be lost.
+    """
+
+    peer: str
+    reason: str
 
 
 @attrs.frozen
@@ -114,16 +128,19 @@ class Committed:
 
 @attrs.frozen
 class ResetConnections:
-    """The proposer restarted itself: close every connection and open new ones.
+    """The proposer restarted: close every connection, open new ones after `backoff` ms.
 
     Replies in flight to the old incarnation die with its connections (the spec's
     RestartProposer drops messages addressed to it); the shell then calls
-    `on_connected(acceptor)` for each new connection.
+    `on_connected(acceptor)` for each new connection.  The shell adds random jitter to the
+    backoff, so that competing proposers stop deposing each other.
     """
+
+    backoff: int = 0
 
 
 Effect: TypeAlias = (
-    Send | SendWal | WriteWal | Flush | TruncateWal | PersistControl | SetTimer | Committed
+    Send | Close | SendWal | WriteWal | Flush | TruncateWal | PersistControl | SetTimer | Committed
     | ResetConnections
 )
 
@@ -133,6 +150,8 @@ def describe(effect: Effect) -> str:
     match effect:
         case Send(to=to, msg=msg):
             return f"send {to}: {describe_message(msg)}"
+        case Close(peer=peer, reason=reason):
+            return f"close {peer}: {reason}"
         case SendWal(to=to, term=term, begin_lsn=begin, end_lsn=end):
             return f"send-wal {to}: term={term} lsn={format_lsn(begin)}..{format_lsn(end)}"
         case WriteWal(lsn=lsn, data=data):
@@ -153,6 +172,6 @@ def describe(effect: Effect) -> str:
             return f"set-timer {name} {delay}ms"
         case Committed(commit_lsn=lsn):
             return f"committed {format_lsn(lsn)}"
-        case ResetConnections():
-            return "reset-connections"
+        case ResetConnections(backoff=backoff):
+            return f"reset-connections backoff={backoff}ms"
     raise TypeError(f"not an effect: {type(effect).__name__}")

@@ -23,6 +23,7 @@ on_timer("heartbeat")       SendAppend       SendAppend (retransmissions, heartb
 Phases (a table, as h11 keeps its states; `_enter` refuses any other move):
 
     greeting --StartCampaign--> campaign --quorum of votes--> recovering --WAL read--> leader
+                                (an empty donor WAL passes through recovering at once)
     any phase --RestartProposer--> greeting
 
 `recovering` is the implementation's part of the spec's campaign phase: the spec hands the
@@ -78,7 +79,7 @@ Effects = tuple[Effect, ...]
 # Allowed phase changes (rule: a missing pair is a bug, named by `_enter`).
 TRANSITIONS: dict[str, frozenset[str]] = {
     "greeting": frozenset({"campaign", "greeting"}),
-    "campaign": frozenset({"recovering", "leader", "greeting"}),
+    "campaign": frozenset({"recovering", "greeting"}),
     "recovering": frozenset({"leader", "greeting"}),
     "leader": frozenset({"greeting"}),
 }
@@ -93,8 +94,9 @@ class ProposerConfig:
     """Tuning of a proposer; none of it matters for safety (rule 1).
 
     Attributes:
-        max_send: most WAL bytes in one AppendRequest or WalData.
-        window: most bytes in flight to one acceptor beyond its last ack.
+        max_send: most WAL bytes in one AppendRequest.
+        window: most bytes in flight to one acceptor beyond its last ack; also the most
+            bytes one WalRead asks for.
         election_timeout: ms to become leader before giving up.
         heartbeat: ms between heartbeats of a leader.
         stall_ticks: heartbeats without commit progress (with WAL waiting) before giving up.
@@ -136,11 +138,14 @@ class ProposerCore:
         self.config = config
         self._tracer = tracer
         self._connected: set[str] = set()
+        # Attempts since this process last committed as leader; survives restart_proposer
+        # (it is about the process, not the incarnation) and sets the backoff (rule 4).
+        self._failures = 0
+        self.phase = "greeting"
         self._reset()
 
     def _reset(self) -> None:
-        """Forget everything: the spec's RestartProposer (its state part)."""
-        self.phase = "greeting"
+        """Forget everything but the phase: the spec's RestartProposer (its state part)."""
         self.term = 0
         self.heard: set[str] = set()
         self.history: TermHistory = ()
@@ -165,15 +170,17 @@ class ProposerCore:
     # -----------------------------------------------------------------------------------
 
     def start(self) -> Effects:
-        """Start (again) with no state.  Spec: RestartProposer.
+        """Start with no state.  Spec: RestartProposer.
 
         Effects: ResetConnections (the shell closes every connection and reports each new
         one with `on_connected`), the election timer.
         """
-        return self.restart_proposer()
+        return self._restart(backoff=0)
 
     def on_connected(self, acceptor: str) -> Effects:
         """A connection to `acceptor` is up: send it what it may have missed (rule 2)."""
+        if acceptor not in self.acceptors:
+            raise ValueError(f"proposer {self.node}: {acceptor} is not one of its acceptors")
         self._connected.add(acceptor)
         self._next.pop(acceptor, None)  # it may have lost unflushed WAL; wait for its ack
         return tuple(self._broadcast[acceptor])
@@ -240,13 +247,21 @@ class ProposerCore:
     # -----------------------------------------------------------------------------------
 
     def restart_proposer(self) -> Effects:
-        """Forget everything and greet every acceptor.  Spec: RestartProposer."""
-        self._reset()
+        """Give up: forget everything and greet every acceptor again.  Spec: RestartProposer.
+
+        The reconnection waits an election timeout, doubling with each failure in a row up
+        to 8 times: two proposers deposing each other then leave each other room to commit.
+        """
+        self._failures += 1
+        return self._restart(self.config.election_timeout << min(self._failures - 1, 3))
+
+    def _restart(self, backoff: int) -> Effects:
         self._enter("greeting")
+        self._reset()
         self._connected.clear()
         sends = self._emit("RestartProposer", self._to_all(Greeting(proposer=self.node)))
         self._remember(sends)
-        return (ResetConnections(), SetTimer("election", self.config.election_timeout))
+        return (ResetConnections(backoff), SetTimer("election", backoff + self.config.election_timeout))
 
     def collect_term(self, acceptor: str, msg: GreetingResponse, meta: MsgMeta | None) -> Effects:
         """Hear an acceptor's term.  Spec: CollectTerm; on a quorum, StartCampaign."""
@@ -326,6 +341,7 @@ class ProposerCore:
         commit = min(self._quorum_flush(), self.wal_end)
         if commit > self.commit_lsn and commit >= self.history[-1].lsn:  # CommitAllowed (rule 5)
             self.commit_lsn = commit
+            self._failures = 0
             effects = (Committed(commit),)
         effects = self._emit("CollectAck", recv=meta) + effects
         if acceptor in self._connected:
@@ -342,16 +358,22 @@ class ProposerCore:
         have = self.wal_start + len(self._wal)
         if have == self.wal_end:
             return self.become_leader()
-        end = min(have + self.config.max_send, self.wal_end)
+        # Reads are not paced by acks like the stream, so they take a window at a time; the
+        # election timer restarts with each chunk, as a long recovery is no failure.
+        end = min(have + self.config.window, self.wal_end)
         assert self._donor is not None
-        return (Send(self._donor, WalRead(proposer=self.node, term=self.term, begin_lsn=have, end_lsn=end)),)
+        read = WalRead(proposer=self.node, term=self.term, begin_lsn=have, end_lsn=end)
+        return (Send(self._donor, read), SetTimer("election", self.config.election_timeout))
 
     def _recover(self, acceptor: str, msg: WalData) -> Effects:
         have = self.wal_start + len(self._wal)
         if self.phase != "recovering" or acceptor != self._donor or msg.term != self.term or msg.begin_lsn != have:
             return ()
-        if msg.end_lsn > self.wal_end:
-            raise ProtocolError(f"proposer {self.node}: WalData from {acceptor} beyond its vote's flush_lsn")
+        if msg.acceptor != acceptor or msg.end_lsn > self.wal_end:
+            raise ProtocolError(
+                f"proposer {self.node}: WalData from {acceptor} names {msg.acceptor} or ends"
+                f" at {msg.end_lsn}, beyond its vote's flush_lsn {self.wal_end}"
+            )
         self._wal += msg.wal
         return self._read_donor()
 
@@ -360,10 +382,10 @@ class ProposerCore:
         if acceptor not in self._next or acceptor not in self._connected:
             return ()
         effects: Effects = ()
-        acked = self.acks.get(acceptor, self.wal_start)
-        while self._next[acceptor] < self.wal_end and self._next[acceptor] - acked < self.config.window:
+        limit = min(self.acks.get(acceptor, self.wal_start) + self.config.window, self.wal_end)
+        while self._next[acceptor] < limit:
             begin = self._next[acceptor]
-            end = min(begin + self.config.max_send, self.wal_end)
+            end = min(begin + self.config.max_send, limit)
             effects += self.send_append(acceptor, begin, end)
             self._next[acceptor] = end
         return effects
