@@ -27,11 +27,13 @@ from impl.wire import TermSwitch
 # Moderate example counts keep the file within a few seconds.
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
+History = tuple[TermSwitch, ...]
+
 MAX_WAL = 30  # bytes per WAL in generated universes
 MAX_TERM = 5  # highest term elected in generated universes
 
 
-def h(*pairs: tuple[int, int]) -> tuple[TermSwitch, ...]:
+def h(*pairs: tuple[int, int]) -> History:
     """A history from (term, lsn) pairs: h((0, 0), (1, 0), (3, 30)) is [0@0, 1@0, 3@30]."""
     return tuple(TermSwitch(term=t, lsn=lsn) for t, lsn in pairs)
 
@@ -41,7 +43,7 @@ def h(*pairs: tuple[int, int]) -> tuple[TermSwitch, ...]:
 # ---------------------------------------------------------------------------------------------
 
 
-def naive_terms(history: tuple[TermSwitch, ...], end: int) -> list[int]:
+def naive_terms(history: History, end: int) -> list[int]:
     """The terms of bytes [start, end), by painting: each switch paints every byte from its
     LSN on, in history order, so the last switch at or below a byte wins (spec TermAt)."""
     start = history[0].lsn
@@ -52,12 +54,14 @@ def naive_terms(history: tuple[TermSwitch, ...], end: int) -> list[int]:
     return terms
 
 
-def naive_flushed(history: tuple[TermSwitch, ...], flush: int) -> tuple[TermSwitch, ...]:
+def naive_flushed(history: History, flush: int) -> History:
     """The generator's own FlushedHistory, so that universes do not depend on the code under test."""
     return tuple(s for s in history if s.lsn <= flush)
 
 
-def naive_common_point(leader_wal: list[int], leader_term: int, acc_wal: list[int], start: int, flush: int) -> int:
+def naive_common_point(
+    leader_wal: list[int], leader_term: int, acc_wal: list[int], start: int, flush: int
+) -> int:
     """The largest L <= flush such that the acceptor's bytes [start, L) are the leader's.
 
     The leader's WAL is taken to go on forever in the leader's own term: whatever the leader
@@ -78,7 +82,7 @@ def naive_common_point(leader_wal: list[int], leader_term: int, acc_wal: list[in
 
 
 @st.composite
-def histories(draw: st.DrawFn, start: int | None = None) -> tuple[TermSwitch, ...]:
+def histories(draw: st.DrawFn, start: int | None = None) -> History:
     """Any well-formed history (spec IsHistory): term-0 sentinel first, terms strictly up, LSNs
     never down.  Unrelated to any election; for operators that need no consistency."""
     if start is None:
@@ -95,7 +99,7 @@ def histories(draw: st.DrawFn, start: int | None = None) -> tuple[TermSwitch, ..
 class Holder:
     """A WAL: its term history and its bytes' terms (the ground truth the history describes)."""
 
-    history: tuple[TermSwitch, ...]
+    history: History
     wal: list[int]
 
     @property
@@ -134,7 +138,8 @@ def universes(draw: st.DrawFn) -> Universe:
             # Mostly a WAL with bytes: donors of one term but of different lengths are where
             # histories part in interesting ways (the HighestCommonPoint docstring example).
             written = sorted(t for t in leaders if leaders[t].wal)
-            source = leaders[draw(st.sampled_from(written if written and draw(st.booleans()) else sorted(leaders)))]
+            pick_from = written if written and draw(st.booleans()) else sorted(leaders)
+            source = leaders[draw(st.sampled_from(pick_from))]
             k = draw(st.integers(0, len(source.wal)))
             donor_history = naive_flushed(source.history, start + k)
             leaders[term] = Holder(donor_history + (TermSwitch(term=term, lsn=start + k),), source.wal[:k])
@@ -149,11 +154,18 @@ def universes(draw: st.DrawFn) -> Universe:
 def holders(u: Universe) -> list[Holder]:
     """Every leader's WAL and every prefix of it, each with the leader's history: what an
     acceptor holds after the leader streamed it that much (or after a crash lost the rest)."""
-    return [Holder(leader.history, leader.wal[:k]) for leader in u.leaders.values() for k in range(len(leader.wal) + 1)]
+    return [
+        Holder(leader.history, leader.wal[:k])
+        for leader in u.leaders.values()
+        for k in range(len(leader.wal) + 1)
+    ]
+
+
+Case = tuple[Universe, Holder, Holder, int]  # a universe, a leader, an acceptor, its flush_lsn
 
 
 @st.composite
-def leader_and_acceptor(draw: st.DrawFn) -> tuple[Universe, Holder, Holder, int]:
+def leader_and_acceptor(draw: st.DrawFn) -> Case:
     """A leader and a WAL that may receive its ProposerElected, with a flush_lsn for it.
 
     The receiver promised the leader's term (AcceptElected's guard m.term = acc_term), so its
@@ -185,7 +197,7 @@ def leader_and_acceptor(draw: st.DrawFn) -> tuple[Universe, Holder, Holder, int]
 @FAST
 @given(universes())
 def test_generated_wals_match_their_histories(u: Universe) -> None:
-    """Spec LogMatchesHistory holds in every generated universe (so the other tests mean something)."""
+    """Spec LogMatchesHistory holds in every generated universe (a check of the generator)."""
     for holder in u.leaders.values():
         end = u.start + len(holder.wal)
         assert naive_terms(holder.history, end) == holder.wal, holder
@@ -197,7 +209,7 @@ def test_generated_wals_match_their_histories(u: Universe) -> None:
 
 
 def test_term_at_spec_example() -> None:
-    """Spec TermAt's comment: <<[0,1],[1,1],[3,3]>> has term 1 at positions 1 and 2, term 3 from 3 on."""
+    """Spec TermAt's comment: <<[0,1],[1,1],[3,3]>> gives term 1 at positions 1 and 2, then term 3."""
     history = h((0, 1), (1, 1), (3, 3))
     assert [term_at(history, lsn) for lsn in range(1, 6)] == [1, 1, 3, 3, 3]
 
@@ -220,7 +232,7 @@ def test_term_at_below_wal_start_raises() -> None:
 
 @FAST
 @given(histories(), st.integers(0, 12))
-def test_term_at_matches_painting_every_byte(history: tuple[TermSwitch, ...], beyond: int) -> None:
+def test_term_at_matches_painting_every_byte(history: History, beyond: int) -> None:
     """Spec TermAt: the term of byte l is that of the last switch with lsn <= l, for every l."""
     end = history[-1].lsn + beyond
     start = history[0].lsn
@@ -247,8 +259,7 @@ def test_last_log_term_is_the_last_switch() -> None:
 
 
 def test_flushed_history_keeps_a_switch_exactly_at_flush() -> None:
-    """Spec FlushedHistory's comment: a term starting exactly at flush_lsn counts, which is how
-    an election that added no WAL still raises the acceptor's last_log_term."""
+    """Spec FlushedHistory's comment: a switch exactly at flush_lsn counts (it raises last_log_term)."""
     history = h((0, 0), (1, 0), (2, 10), (3, 12))
     assert flushed_history(history, 10) == h((0, 0), (1, 0), (2, 10))
     assert last_log_term(flushed_history(history, 10)) == 2
@@ -259,7 +270,7 @@ def test_flushed_history_keeps_a_switch_exactly_at_flush() -> None:
 
 @FAST
 @given(histories(), st.integers(0, 70))
-def test_flushed_history_keeps_exactly_the_switches_at_or_below_flush(history: tuple[TermSwitch, ...], flush: int) -> None:
+def test_flushed_history_keeps_exactly_the_switches_at_or_below_flush(history: History, flush: int) -> None:
     """Spec FlushedHistory (SelectSeq with lsn <= flush): a prefix holding every such switch."""
     flushed = flushed_history(history, flush)
     assert flushed == history[: len(flushed)]
@@ -269,9 +280,8 @@ def test_flushed_history_keeps_exactly_the_switches_at_or_below_flush(history: t
 
 @FAST
 @given(histories(), st.integers(0, 12))
-def test_flushed_history_describes_the_same_flushed_bytes(history: tuple[TermSwitch, ...], extra: int) -> None:
-    """Spec WalFromHistory(FlushedHistory(a), f) = the flushed WAL: dropping switches above
-    flush_lsn changes no byte below it."""
+def test_flushed_history_describes_the_same_flushed_bytes(history: History, extra: int) -> None:
+    """Spec WalFromHistory(FlushedHistory(a), f): dropping switches above f changes no byte below f."""
     flush = history[0].lsn + extra
     assert naive_terms(flushed_history(history, flush), flush) == naive_terms(history, flush)
 
@@ -290,20 +300,17 @@ def test_common_prefix_len_counts_leading_switches_equal_by_term() -> None:
 
 
 def test_highest_common_point_docstring_example() -> None:
-    """Spec HighestCommonPoint (docstring): leader [0@0,1@0,3@30], acceptor [0@0,1@0,2@20]
-    flushed to 40: term 1 is common and ends at 20 on the acceptor's side."""
+    """Spec HighestCommonPoint, docstring: leader [0@0,1@0,3@30], acceptor [0@0,1@0,2@20] at 40: 20."""
     assert highest_common_point(h((0, 0), (1, 0), (3, 30)), h((0, 0), (1, 0), (2, 20)), 40) == 20
 
 
 def test_highest_common_point_spec_example() -> None:
-    """Spec HighestCommonPoint's comment, in positions: ph = <<[0,1],[1,1],[3,3]>>,
-    ah = <<[0,1],[1,1],[2,2]>>, f = 4 gives 2."""
+    """Spec HighestCommonPoint's comment: <<[0,1],[1,1],[3,3]>>, <<[0,1],[1,1],[2,2]>>, f = 4: 2."""
     assert highest_common_point(h((0, 1), (1, 1), (3, 3)), h((0, 1), (1, 1), (2, 2)), 4) == 2
 
 
 def test_highest_common_point_cuts_a_tail_the_leader_did_not_take() -> None:
-    """Spec HighestCommonPoint: the common term ends at the leader's next switch; the acceptor's
-    bytes of that term beyond it (never copied by the donor) diverge."""
+    """Spec HighestCommonPoint: the acceptor's bytes of the common term past the leader's switch go."""
     assert highest_common_point(h((0, 0), (1, 0), (2, 10)), h((0, 0), (1, 0)), 15) == 10
 
 
@@ -320,12 +327,11 @@ def test_highest_common_point_of_a_fresh_acceptor_is_the_wal_start() -> None:
 
 
 def test_highest_common_point_after_an_empty_term() -> None:
-    """Spec HighestCommonPoint with a term that wrote nothing (1@0 then 2@0): the acceptor's
-    term-1 bytes were never in the leader's WAL, so all of them go."""
+    """Spec HighestCommonPoint after an empty term (1@0, 2@0): every term-1 byte of the acceptor goes."""
     assert highest_common_point(h((0, 0), (1, 0), (2, 0)), h((0, 0), (1, 0)), 5) == 0
 
 
-def docstring_case() -> tuple[Universe, Holder, Holder, int]:
+def docstring_case() -> Case:
     """highest_common_point's docstring example as a universe: term 2 recovered 20 bytes of
     term 1, term 3 recovered 30; an acceptor of term 2 flushed to 40 meets leader 3."""
     e = h((0, 0), (1, 0))
@@ -341,9 +347,8 @@ def docstring_case() -> tuple[Universe, Holder, Holder, int]:
 @settings(FAST, max_examples=400)
 @example(docstring_case())
 @given(leader_and_acceptor())
-def test_highest_common_point_is_where_the_wals_part(case: tuple[Universe, Holder, Holder, int]) -> None:
-    """Spec HighestCommonPoint(ph, FlushedHistory(a), f) on the protocol's histories equals the
-    largest L <= f such that the acceptor's bytes [start, L) are the leader's."""
+def test_highest_common_point_is_where_the_wals_part(case: Case) -> None:
+    """Spec HighestCommonPoint(ph, FlushedHistory(a), f): the largest L <= f where the WALs agree below L."""
     u, leader, acc, flush = case
     got = highest_common_point(leader.history, flushed_history(acc.history, flush), flush)
     assert got == naive_common_point(leader.wal, leader.term, acc.wal, u.start, flush)
@@ -352,9 +357,8 @@ def test_highest_common_point_is_where_the_wals_part(case: tuple[Universe, Holde
 @settings(FAST, max_examples=400)
 @example(docstring_case())
 @given(leader_and_acceptor())
-def test_highest_common_point_truncation_leaves_a_prefix_of_the_leader_wal(case: tuple[Universe, Holder, Holder, int]) -> None:
-    """Spec AcceptElected: cutting the acceptor's WAL at TruncationPoint never goes above its
-    flush_lsn and leaves a prefix of the leader's WAL (its history then describes it)."""
+def test_highest_common_point_truncation_leaves_a_prefix_of_the_leader_wal(case: Case) -> None:
+    """Spec AcceptElected: TruncationPoint <= acc_flush, and the WAL cut there is a prefix of the leader's."""
     u, leader, acc, flush = case
     point = highest_common_point(leader.history, flushed_history(acc.history, flush), flush)
     assert u.start <= point <= flush
@@ -390,8 +394,7 @@ def test_better_donor_is_lexicographic_on_last_term_then_flush(d1: tuple, d2: tu
 @FAST
 @given(donors, donors, donors)
 def test_better_donor_is_a_strict_order(d1: tuple, d2: tuple, d3: tuple) -> None:
-    """Spec BetterDonor is a strict order: irreflexive, antisymmetric and transitive, so the
-    donor CollectVote keeps does not depend on the order votes arrive in."""
+    """Spec BetterDonor is a strict order: irreflexive, antisymmetric and transitive."""
     def better(x: tuple, y: tuple) -> bool:
         return better_donor(x[0], x[1], y[0], y[1])
 
