@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup java test demo tlc tlc-full mutants clean
+.PHONY: setup java test demo tlc tlc-full mutants sim bench soak clean
 
 setup: $(STAMP) java
 
@@ -36,6 +36,19 @@ tlc-full: setup
 
 mutants: setup
 	$(BIN)/paxwal tlc mutants
+
+# A campaign of simulated runs (the issue's bar: 500 seeds, no failure).
+sim: setup
+	$(BIN)/paxwal sim --seeds 0:500
+
+# Benchmarks print figures beside a baseline measured in the same run.
+bench: setup
+	$(BIN)/paxwal bench sim
+	$(BIN)/paxwal bench trace
+
+# The long campaign, on demand: 20,000 seeds with longer fault phases.
+soak: setup
+	$(BIN)/paxwal sim --seeds 0:20000 --steps 6000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

@@ -68,7 +68,7 @@ import attrs
 from impl.control import ControlState, FileControlStorage
 from impl.effects import (
     Close,
-    Effect,
+    Effects,
     Flush,
     MsgMeta,
     PersistControl,
@@ -102,8 +102,6 @@ from impl.wire import (
 )
 
 __all__ = ["AcceptorCore", "CoreMisuse", "open_acceptor"]
-
-Effects = tuple[Effect, ...]
 
 
 # The messages an acceptor takes; anything else is refused at once, even while busy.

@@ -22,6 +22,7 @@ __all__ = [
     "Close",
     "Committed",
     "Effect",
+    "Effects",
     "Flush",
     "MsgMeta",
     "PersistControl",
@@ -143,6 +144,10 @@ Effect: TypeAlias = (
     Send | Close | SendWal | WriteWal | Flush | TruncateWal | PersistControl | SetTimer | Committed
     | ResetConnections
 )
+
+
+# What every core input returns: effects, in the order the shell must run them.
+Effects: TypeAlias = tuple[Effect, ...]
 
 
 def describe(effect: Effect) -> str:

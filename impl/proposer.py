@@ -54,7 +54,7 @@ from typing import Any
 
 import attrs
 
-from impl.effects import Committed, Effect, MsgMeta, ResetConnections, Send, SetTimer
+from impl.effects import Committed, Effects, MsgMeta, ResetConnections, Send, SetTimer
 from impl.termhistory import TermHistory, better_donor
 from impl.trace import Tracer, history_view, position, wal_terms
 from impl.wire import (
@@ -73,8 +73,6 @@ from impl.wire import (
 )
 
 __all__ = ["NotLeader", "ProposerConfig", "ProposerCore"]
-
-Effects = tuple[Effect, ...]
 
 # Allowed phase changes (rule: a missing pair is a bug, named by `_enter`).
 TRANSITIONS: dict[str, frozenset[str]] = {
