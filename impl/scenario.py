@@ -29,7 +29,8 @@ stabilize                          deliver and complete everything until nothing
 crash N / restart N                crash a node / bring it back (an acceptor from its disk)
 append P BYTES                     P's client appends the record BYTES (ASCII, no spaces)
 tick P TIMER                       fire P's timer (election, heartbeat)
-state N...                         the nodes' spec variables
+state N...                         the nodes' spec variables (for an acceptor waiting on its
+                                   disk: the state that completion makes durable)
 in-flight                          the messages in flight, oldest first
 check                              the simulator's safety checks on the run so far
 =================================  ========================================================
@@ -236,7 +237,14 @@ class _Runner:
             core = acceptor.core if acceptor else proposer.core if proposer else None
             if acceptor is None and proposer is None:
                 raise ScenarioError(f"no node {node!r}")
-            out.append(f"{node} down" if core is None else render_state(node, core.spec_state()))
+            if core is None:
+                out.append(f"{node} down")
+                continue
+            line = render_state(node, core.spec_state())
+            if acceptor is not None and core.busy:
+                # The state shown is the one the outstanding persist/fsync will make durable.
+                line += f" ({len(self.s.disk_pending[node])} disk operation(s) outstanding)"
+            out.append(line)
         return out
 
     def cmd_in_flight(self, args: list[str]) -> list[str]:
