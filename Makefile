@@ -25,6 +25,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 demo: setup
+	$(BIN)/paxwal sim --seeds 0:500
 	$(BIN)/paxwal tlc check
 	$(BIN)/paxwal tlc mutants
 
