@@ -18,6 +18,7 @@ receive(ProposerElected)       AcceptElected       AcceptElected, at on_persiste
 receive(AppendRequest)         AcceptAppend        AcceptAppend
 on_flushed                     Flush               Flush (with the AppendResponse)
 receive(WalRead)               (none: a read)      none
+on_disconnected                (none)              none
 =============================  ==================  ============================================
 
 Rules:
@@ -230,6 +231,22 @@ class AcceptorCore:
         """The last Flush is durable.  Spec: Flush."""
         return self._complete("flush")
 
+    def on_disconnected(self, peer: str) -> Effects:
+        """The connection to proposer `peer` closed.
+
+        What was owed to that connection is void: its queued messages are dropped, and the
+        vote it got is not resent to whatever connects under the same name next (a restarted
+        proposer must not collect a vote its previous incarnation got: the spec's
+        RestartProposer drops such replies).  The acks it would get go nowhere until a
+        leader's message arrives on a connection again.
+        """
+        self._backlog = deque(item for item in self._backlog if item[0] != peer)
+        if self._last_vote is not None and self._last_vote.to == peer:
+            self._last_vote = None
+        if self._leader == peer:
+            self._leader = None
+        return ()
+
     @property
     def busy(self) -> bool:
         """Whether a persist or flush is outstanding (messages are queued meanwhile)."""
@@ -316,7 +333,7 @@ class AcceptorCore:
         self._leader = peer
 
         def elected() -> Effects:
-            effects = self._emit("AcceptElected", (self._ack(),), meta)
+            effects = self._emit("AcceptElected", (self._ack(peer),), meta)
             self._last_ack = effects[0]
             if not cut:
                 return effects
@@ -357,7 +374,8 @@ class AcceptorCore:
         """Spec: Flush.  Everything written is durable; ack it to this term's leader."""
         self.flush_lsn = self.write_lsn
         streaming = self.term > 0 and last_log_term(self.history) == self.term
-        sends = self._emit("Flush", (self._ack(),) if streaming and self._leader is not None else ())
+        leader = self._leader if streaming else None
+        sends = self._emit("Flush", (self._ack(leader),) if leader is not None else ())
         if sends:
             self._last_ack = sends[0]
         return sends
@@ -366,12 +384,11 @@ class AcceptorCore:
     # Helpers
     # -----------------------------------------------------------------------------------
 
-    def _ack(self) -> Send:
-        assert self._leader is not None
+    def _ack(self, to: str) -> Send:
         msg = AppendResponse(
             acceptor=self.node, term=self.term, flush_lsn=self.flush_lsn, commit_lsn=self.commit_lsn
         )
-        return Send(self._leader, msg)
+        return Send(to, msg)
 
     def _refuse_stale(self, peer: str, term: int) -> Effects:
         """Rule 3: tell the proposer of an older term ours; ignore anything else."""

@@ -321,6 +321,8 @@ def _add_tlc_commands(commands: argparse._SubParsersAction) -> None:
 # paxwal sim
 # ---------------------------------------------------------------------------------------
 
+# A failing campaign reruns (traced) and details this many seeds; the rest are listed.
+SHOWN_FAILURES = 10
 # Where `paxwal sim` writes run directories unless told otherwise (git-ignored).
 DEFAULT_SIM_OUT = Path("traces/sim")
 
@@ -392,12 +394,16 @@ def _sim_campaign(args: argparse.Namespace) -> int:
         f" {len(failures)} failed, {_duration(elapsed)} ({len(seeds) / elapsed * 60:,.0f} runs/min, {jobs} jobs)"
     )
     out_root = args.out if args.out is not None else DEFAULT_SIM_OUT
-    for result in sorted(failures, key=lambda r: r.seed):
+    shown = sorted(failures, key=lambda r: r.seed)[:SHOWN_FAILURES]
+    for result in shown:
         out = out_root / f"seed-{result.seed}"
         run_seed(result.seed, args.steps, out=out)
         print(f"seed {result.seed} FAILED: {result.violations[0]}")
         print(f"  options: {SimOptions.from_seed(result.seed, args.steps).describe()}")
         print(f"  reproduce: paxwal sim --seed {result.seed} --steps {args.steps}   (run directory {out})")
+    if len(failures) > len(shown):
+        rest = sorted(r.seed for r in failures)[len(shown):]
+        print(f"... and {len(rest)} more failing seeds: {' '.join(map(str, rest))}")
     return 1 if failures else 0
 
 

@@ -402,6 +402,9 @@ class Sim:
             pnode = self.proposers[p]
             if pnode.core is not None:
                 self._proposer_effects(pnode, self._guard(p, lambda: pnode.core.on_disconnected(a)))
+            anode = self.acceptors[a]
+            if anode.core is not None:
+                self._acceptor_effects(anode, self._guard(a, lambda: anode.core.on_disconnected(p)))
 
     def _connect_later(self, p: str, a: str, backoff: int = 0) -> None:
         """Connect after `backoff` ms plus jitter (up to half an election timeout more)."""

@@ -905,3 +905,26 @@ def test_single_honest_leader_keeps_the_invariants(prelude, rest):
         assert core.commit_lsn <= core.flush_lsn
         assert bytes(disk) == LEADER_WAL[: len(disk)]
         assert core.flush_lsn <= durable_wal or pending
+
+
+def test_a_vote_is_not_resent_to_the_next_connection_of_its_proposer():
+    """After its connection closes, a proposer's vote is not repeated to whatever connects
+    under its name next: a restarted proposer must not collect its previous incarnation's
+    vote (the spec's RestartProposer drops replies addressed to it)."""
+    core = AcceptorCore.fresh(A, 0)
+    core.receive(P1, vote_req(1))
+    (vote,) = core.on_persisted()
+    assert core.receive(P1, vote_req(1)) == (vote,)  # same connection: resent
+    assert core.on_disconnected(P1) == ()
+    assert core.receive(P1, vote_req(1)) == ()  # a new connection: the promise stands, no vote
+
+
+def test_messages_queued_from_a_closed_connection_are_dropped():
+    core = AcceptorCore.fresh(A, 0)
+    core.receive(P1, vote_req(1))
+    core.receive(P2, Greeting(proposer=P2))
+    core.receive(P1, Greeting(proposer=P1))
+    core.on_disconnected(P1)
+    vote, greeting = core.on_persisted()
+    assert vote.to == P1 and type(vote.msg) is VoteResponse  # its persist was under way
+    assert greeting == greeting_response(1, to=P2)

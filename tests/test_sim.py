@@ -118,7 +118,7 @@ def test_oracle_catches_ack_before_flush(monkeypatch):
         effects = original(self, peer, msg, meta)
         if self.busy and self._awaiting == "flush":
             self.flush_lsn = self.write_lsn  # claim it durable now; the crash will say otherwise
-            return effects + (self._ack(),)
+            return effects + (self._ack(self._leader),)
         return effects
 
     monkeypatch.setattr(acceptor_module.AcceptorCore, "accept_append", accept_append)
