@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bench import BENCHMARKS
+from conformance.replay import TraceError, check_run
 from conformance.mutants import MODEL_MODULE, MutantError, MutantResult, check_mutant, load_mutants
 from conformance.tlc import Progress, TlcResult, TlcSetupError, TraceState, format_value, run_tlc
 from impl.sim import SimOptions, SimResult, run_seed
@@ -474,6 +475,41 @@ def _add_sim_commands(commands: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# paxwal check
+# ---------------------------------------------------------------------------------------
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    try:
+        result = check_run(args.paths)
+    except TraceError as exc:
+        print(f"paxwal: unreadable trace: {exc}", file=sys.stderr)
+        return 2
+    if result.divergence is not None:
+        print(result.divergence.report())
+        return 1
+    actions = ", ".join(f"{name} {count:,}" for name, count in sorted(result.actions.items()))
+    print(f"accepted: {result.events:,} events ({result.lost:,} lost messages); {actions}")
+    return 0
+
+
+def _add_check_commands(commands: argparse._SubParsersAction) -> None:
+    check = commands.add_parser(
+        "check",
+        help="check that a run's trace is a behaviour of the spec",
+        description=(
+            "Replay a run's traces (a run directory, or ndjson files) on the spec's state machine "
+            "(conformance/machine.py): every event must be an enabled action with the logged "
+            "arguments, leading to the logged state, with the spec's invariants holding. Exit 0 "
+            "accepted, 1 rejected (with a report of the first event the spec does not allow), "
+            "2 unreadable input."
+        ),
+    )
+    check.add_argument("paths", nargs="+", type=Path, metavar="RUN_DIR|FILE")
+    check.set_defaults(handler=_cmd_check)
+
+
+# ---------------------------------------------------------------------------------------
 # paxwal bench
 # ---------------------------------------------------------------------------------------
 
@@ -524,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_tlc_commands(commands)
     _add_sim_commands(commands)
+    _add_check_commands(commands)
     _add_bench_commands(commands)
     return parser
 

@@ -1,0 +1,266 @@
+"""spec/MCProposerAcceptor.tla transcribed, and TLC's breadth-first search over `machine`.
+
+Theory of operation
+===================
+
+`conformance/machine.py` is the spec transcribed by hand.  Reading is not proof: this module
+ties the transcription to the TLA+ text *mechanically*.  On a bounded model without VIEW and
+SYMMETRY, TLC's number of distinct reachable states is a property of the spec alone; a
+breadth-first search of the Python machine under the same bounds must reach exactly as many
+(`tests/test_machine.py` compares them on the models `spec/models/machine_*.cfg`).  A guard
+too strong or too weak, a wrong effect or a missing action changes the count.
+
+What a count needs from MCProposerAcceptor: the state CONSTRAINT `StateConstraint` and the
+ACTION_CONSTRAINTs `NoLoss`, `SendOnce`, `LeadersCrash`, `LiveGreetings`, `NoAcceptorCrash`
+(and their conjunction `Steady`).  VIEW and SYMMETRY are deliberately not transcribed: with
+them TLC keeps one state per class, which one depending on search order and fingerprints.
+
+TLC's search, as this module reproduces it (each point checked against TLC 2.15 on a toy
+spec, see tests/test_machine.py::test_tlc_search_semantics):
+
+* Every successor that Next produces from an explored state counts as *generated*, before
+  any constraint is checked; the initial states count too.
+* A successor `t` of `s` enters the state set (is *distinct*, and is explored later) only if
+  `t` satisfies the CONSTRAINT and the pair `(s, t)` satisfies every ACTION_CONSTRAINT.  An
+  excluded `t` is simply not recorded: reached again on another, allowed step, it counts.
+* The reported depth is the number of BFS levels: 1 for the initial states alone.
+* TLC also evaluates the invariants on excluded successors (a state just past the bound
+  can violate an invariant); `bfs` checks counted states, and excluded ones only if asked.
+
+Action constraints are predicates of a *pair of states*, not of the action that produced
+the step.  `NoLoss == ~\\E m \\in msgs : LoseMessage(m)` forbids every step (s, t) that *is*
+a LoseMessage(m) step, i.e. where t is s minus one message, whatever action Next used to get
+there: a RestartProposer of a proposer that has heard nothing, with one greeting reply in
+flight, is such a step and is cut too.  Likewise `NoAcceptorCrash` cuts a repeated
+ProposerElected that only discards unflushed WAL (it equals a restart that keeps
+commit_lsn).  So each predicate below takes the action name and arguments (the BFS has them)
+but decides on (s, t) alone, by evaluating the constrained action of the TLA+ definition,
+for every value of its bound variables, as a relation between s and t.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+
+from conformance import machine as M
+from conformance.machine import Model, State
+
+__all__ = [
+    "ACTION_CONSTRAINTS",
+    "BfsResult",
+    "InvariantViolation",
+    "LeadersCrash",
+    "LiveGreetings",
+    "NoAcceptorCrash",
+    "NoLoss",
+    "SendOnce",
+    "StateConstraint",
+    "Steady",
+    "bfs",
+    "is_step",
+]
+
+ActionConstraint = Callable[[Model, State, str, tuple, State, int], bool]
+
+
+# ---------------------------------------------------------------------------------------------
+# The state constraint
+# ---------------------------------------------------------------------------------------------
+
+
+def StateConstraint(model: Model, s: State, max_term: int, max_entries: int) -> bool:
+    """\\A p \\in Proposers : prop_term[p] <= MaxTerm /\\ Len(prop_wal[p]) <= MaxEntries"""
+    return all(s.prop_term[p] <= max_term and len(s.prop_wal[p]) <= max_entries for p in model.proposers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Action constraints: each decides on the pair (s, t); `action` and `args` are not consulted.
+# ---------------------------------------------------------------------------------------------
+
+
+def is_step(result: State | M.Disabled, t: State) -> bool:
+    """Whether an action instance, evaluated at s (giving `result`), holds of the pair (s, t).
+
+    Every action of the spec determines its successor once its bound variables are fixed, so
+    A(x) is true of (s, t) exactly when A(x) is enabled at s and leads to t.
+    """
+    return isinstance(result, State) and result == t
+
+
+def _only_msgs_differ(s: State, t: State) -> bool:
+    """Every variable but msgs is unchanged (a necessary condition, used to skip work)."""
+    return all(
+        getattr(s, f.name) is getattr(t, f.name) or getattr(s, f.name) == getattr(t, f.name)
+        for f in attrs.fields(State)
+        if f.name != "msgs"
+    )
+
+
+def NoLoss(model: Model, s: State, action: str, args: tuple, t: State, max_entries: int) -> bool:
+    """~\\E m \\in msgs : LoseMessage(m)"""
+    # LoseMessage(m) for m \in msgs removes exactly one message: only m \in s.msgs \ t.msgs
+    # can make it true, and only if t has one message less.
+    if len(t.msgs) != len(s.msgs) - 1:
+        return True
+    return not any(is_step(M.LoseMessage(model, s, m), t) for m in s.msgs - t.msgs)
+
+
+def SendOnce(model: Model, s: State, action: str, args: tuple, t: State, max_entries: int) -> bool:
+    """\\A p \\in Proposers, l \\in 1..(MaxEntries + 1) :
+    SendAppend(p, l) => /\\ l <= Len(prop_wal[p])
+                       /\\ ~\\E m \\in msgs : m.type = "AppendRequest" /\\ m.term = prop_term[p]
+                                            /\\ m.lsn = l"""
+    # SendAppend only adds one message to msgs (or none, if already there).
+    if not (len(t.msgs) - len(s.msgs) in (0, 1) and _only_msgs_differ(s, t)):
+        return True
+    for p in model.proposers:
+        for l in range(1, max_entries + 2):
+            if not is_step(M.SendAppend(model, s, p, l), t):
+                continue
+            if not (
+                l <= len(s.prop_wal[p])
+                and not any(
+                    m["type"] == "AppendRequest" and m["term"] == s.prop_term[p] and m["lsn"] == l for m in s.msgs
+                )
+            ):
+                return False
+    return True
+
+
+def LeadersCrash(model: Model, s: State, action: str, args: tuple, t: State, max_entries: int) -> bool:
+    """\\A p \\in Proposers : RestartProposer(p) => prop_phase[p] = "leader" """
+    return all(
+        s.prop_phase[p] == "leader" or not is_step(M.RestartProposer(model, s, p), t) for p in model.proposers
+    )
+
+
+def LiveGreetings(model: Model, s: State, action: str, args: tuple, t: State, max_entries: int) -> bool:
+    """\\A a \\in Acceptors, m \\in msgs : AnswerGreeting(a, m) => prop_phase[m.from] = "greeting" """
+    # AnswerGreeting only adds one message to msgs (or none, if already there).
+    if not (len(t.msgs) - len(s.msgs) in (0, 1) and _only_msgs_differ(s, t)):
+        return True
+    for m in s.msgs:
+        if m["type"] != "Greeting" or s.prop_phase[m["from"]] == "greeting":
+            continue  # AnswerGreeting(a, m) false, or the consequent true
+        if any(is_step(M.AnswerGreeting(model, s, a, m), t) for a in model.acceptors):
+            return False
+    return True
+
+
+def NoAcceptorCrash(model: Model, s: State, action: str, args: tuple, t: State, max_entries: int) -> bool:
+    """\\A a \\in Acceptors : ~RestartAcceptor(a)
+
+    RestartAcceptor(a) has the bound variable c \\in 1..acc_commit[a] (machine: a parameter).
+    """
+    return not any(
+        is_step(M.RestartAcceptor(model, s, a, c), t)
+        for a in model.acceptors
+        for c in range(1, s.acc_commit[a] + 1)
+    )
+
+
+def Steady(model: Model, s: State, action: str, args: tuple, t: State, max_entries: int) -> bool:
+    """NoLoss /\\ SendOnce /\\ LeadersCrash /\\ LiveGreetings"""
+    return all(f(model, s, action, args, t, max_entries) for f in (NoLoss, SendOnce, LeadersCrash, LiveGreetings))
+
+
+ACTION_CONSTRAINTS: dict[str, ActionConstraint] = {
+    f.__name__: f for f in (NoLoss, SendOnce, LeadersCrash, LiveGreetings, NoAcceptorCrash, Steady)
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Breadth-first search
+# ---------------------------------------------------------------------------------------------
+
+
+class InvariantViolation(AssertionError):
+    """A reachable state violates invariants; `state` is it, `invariants` their names."""
+
+    def __init__(self, invariants: list[str], state: State, depth: int) -> None:
+        super().__init__(f"invariants {', '.join(invariants)} violated at depth {depth}: {state}")
+        self.invariants = invariants
+        self.state = state
+        self.depth = depth
+
+
+@attrs.frozen
+class BfsResult:
+    """TLC's three counters for a complete search, and the wall-clock time it took."""
+
+    distinct: int
+    generated: int
+    depth: int
+    seconds: float
+
+
+def _constraints(names_or_fns: Iterable[str | ActionConstraint]) -> list[ActionConstraint]:
+    return [ACTION_CONSTRAINTS[c] if isinstance(c, str) else c for c in names_or_fns]
+
+
+def bfs(
+    model: Model,
+    max_term: int,
+    max_entries: int,
+    action_constraints: Iterable[str | ActionConstraint] = (),
+    *,
+    check_invariants: bool = True,
+    check_excluded: bool = False,
+    max_distinct: int | None = None,
+) -> BfsResult:
+    """Explore the machine as TLC does with `CONSTRAINT StateConstraint` and the given
+    ACTION_CONSTRAINTs (names as in MCProposerAcceptor, or predicates).
+
+    Args:
+        model: the constants Proposers and Acceptors.
+        max_term, max_entries: MaxTerm and MaxEntries.
+        action_constraints: the ACTION_CONSTRAINT line of the config.
+        check_invariants: evaluate `machine.invariants` on every counted state.
+        check_excluded: also on successors the constraints exclude (as TLC does).
+        max_distinct: stop with RuntimeError beyond this many states (a runaway model).
+
+    Returns:
+        distinct, generated and depth as TLC counts them (see the module docstring).
+
+    Raises:
+        InvariantViolation: a checked state violates an invariant.
+        RuntimeError: more than `max_distinct` states.
+    """
+    started = time.monotonic()
+    constraints = _constraints(action_constraints)
+    s0 = M.init(model)
+    if check_invariants and (bad := M.invariants(model, s0)):
+        raise InvariantViolation(bad, s0, 1)
+    seen: set[State] = {s0}
+    excluded_checked: set[State] = set()
+    frontier = [s0] if StateConstraint(model, s0, max_term, max_entries) else []
+    generated = 1
+    depth = 1
+    while frontier:
+        following: list[State] = []
+        for s in frontier:
+            for action, args, t in M.successors(model, s):
+                generated += 1
+                if t in seen:
+                    continue
+                if StateConstraint(model, t, max_term, max_entries) and all(
+                    c(model, s, action, args, t, max_entries) for c in constraints
+                ):
+                    seen.add(t)
+                    following.append(t)
+                    if check_invariants and (bad := M.invariants(model, t)):
+                        raise InvariantViolation(bad, t, depth + 1)
+                    if max_distinct is not None and len(seen) > max_distinct:
+                        raise RuntimeError(f"more than {max_distinct} distinct states")
+                elif check_excluded and t not in excluded_checked:
+                    excluded_checked.add(t)
+                    if bad := M.invariants(model, t):
+                        raise InvariantViolation(bad, t, depth + 1)
+        if following:
+            depth += 1
+        frontier = following
+    return BfsResult(distinct=len(seen), generated=generated, depth=depth, seconds=time.monotonic() - started)
