@@ -31,10 +31,11 @@ Positions are the spec's (1 means "nothing"); node ids are whatever the model na
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
+from conformance.seq import Terms
 from conformance.tlc import Record
 
 __all__ = [
@@ -69,9 +70,9 @@ class Disabled:
         return False
 
 
-@attrs.frozen(cache_hash=True)
-class State:
-    """One state of the spec: its variables, by name."""
+class State(NamedTuple):
+    """One state of the spec: its variables, by name.  (A NamedTuple: replay makes one per
+    step, and `_replace` is several times cheaper than attrs.evolve.)"""
 
     prop_phase: Record
     prop_term: Record
@@ -86,11 +87,11 @@ class State:
     acc_flush: Record
     acc_commit: Record
     msgs: frozenset[Msg]
-    committed_log: tuple[int, ...]
+    committed_log: Terms
     elections: frozenset[Record]
 
     def with_(self, **changes: Any) -> State:
-        return attrs.evolve(self, **changes)
+        return self._replace(**changes)
 
 
 def _set(f: Record, key: Any, value: Any) -> Record:
@@ -137,8 +138,11 @@ def TermAt(h: tuple, l: int) -> int:
     return term
 
 
-def WalFromHistory(h: tuple, f: int) -> tuple[int, ...]:
-    return tuple(TermAt(h, l) for l in range(1, f))
+def WalFromHistory(h: tuple, f: int) -> Terms:
+    r"""[l \in 1..(f - 1) |-> TermAt(h, l)], built run by run."""
+    return Terms.from_runs(
+        (e["term"], min(h[i + 1]["lsn"] if i + 1 < len(h) else f, f) - e["lsn"]) for i, e in enumerate(h)
+    )
 
 
 def FlushedHistory(s: State, a: Any) -> tuple:
@@ -205,16 +209,16 @@ def init(model: Model) -> State:
         prop_term=Record((p, 0) for p in P),
         prop_heard=Record((p, frozenset()) for p in P),
         prop_history=Record((p, ()) for p in P),
-        prop_wal=Record((p, ()) for p in P),
+        prop_wal=Record((p, Terms()) for p in P),
         prop_acks=Record((p, NoAcks(model)) for p in P),
         prop_commit=Record((p, 1) for p in P),
         acc_term=Record((a, 0) for a in A),
         acc_history=Record((a, InitHistory) for a in A),
-        acc_wal=Record((a, ()) for a in A),
+        acc_wal=Record((a, Terms()) for a in A),
         acc_flush=Record((a, 1) for a in A),
         acc_commit=Record((a, 1) for a in A),
         msgs=frozenset(Record(type="Greeting", **{"from": p}) for p in P),
-        committed_log=(),
+        committed_log=Terms(),
         elections=frozenset(),
     )
 
@@ -231,7 +235,7 @@ def RestartProposer(model: Model, s: State, p: Any) -> State:
         prop_term=_set(s.prop_term, p, 0),
         prop_heard=_set(s.prop_heard, p, frozenset()),
         prop_history=_set(s.prop_history, p, ()),
-        prop_wal=_set(s.prop_wal, p, ()),
+        prop_wal=_set(s.prop_wal, p, Terms()),
         prop_acks=_set(s.prop_acks, p, NoAcks(model)),
         prop_commit=_set(s.prop_commit, p, 1),
         msgs=frozenset(m for m in s.msgs if not AddressedTo(m, p)) | {Record(type="Greeting", **{"from": p})},
@@ -487,15 +491,15 @@ def ElectionSafety(model: Model, s: State) -> bool:
 
 
 def LogIsMonotonic(model: Model, s: State) -> bool:
+    """Terms never decrease along a WAL: along its runs, which is the same thing."""
     wals = [s.acc_wal[a] for a in model.acceptors] + [s.prop_wal[p] for p in model.proposers]
-    return all(all(w[i] <= w[i + 1] for i in range(len(w) - 1)) for w in wals)
+    return all(all(r1[0] <= r2[0] for r1, r2 in zip(w.runs, w.runs[1:])) for w in wals)
 
 
 def LogMatchesHistory(model: Model, s: State) -> bool:
+    """acc_wal[a][l] = TermAt(acc_history[a], l) for every l: the WAL is the history's."""
     return all(
-        s.acc_wal[a][l - 1] == TermAt(s.acc_history[a], l)
-        for a in model.acceptors
-        for l in range(1, len(s.acc_wal[a]) + 1)
+        s.acc_wal[a] == WalFromHistory(s.acc_history[a], len(s.acc_wal[a]) + 1) for a in model.acceptors
     )
 
 

@@ -45,6 +45,7 @@ from typing import Any
 import attrs
 
 from conformance import machine as M
+from conformance.seq import Terms
 from conformance.tlc import Record
 
 __all__ = ["Divergence", "ReplayResult", "TraceError", "check_run", "load_events", "replay"]
@@ -116,7 +117,8 @@ class Divergence:
             logged = self.event.data["state"]
             diff = [k for k in self.expected if _show(self.expected[k]) != _show(logged.get(k))]
             if diff:
-                lines.append("  logged state vs the spec's successor:")
+                spec = "the spec's state (no step possible)" if self.guard else "the spec's successor"
+                lines.append(f"  logged state vs {spec}:")
                 for k in diff:
                     lines.append(f"    {k}: logged {_show(logged.get(k))}, spec {_show(self.expected[k])}")
         lines.append("  events before it:")
@@ -212,7 +214,7 @@ def _logged_value(name: str, value: Any) -> Any:
     if name.endswith("_history"):
         return _history(value)
     if name.endswith("_wal"):
-        return _expand(value)
+        return Terms.from_runs(value)
     if name == "prop_heard":
         return frozenset(value)
     if name == "prop_acks":
@@ -224,7 +226,24 @@ def _node_state(s: M.State, node: str, names: Sequence[str]) -> dict[str, Any]:
     return {name: getattr(s, name)[node] for name in names}
 
 
+def _runs(terms: Sequence[int]) -> str:
+    runs: list[list[int]] = []
+    for t in terms:
+        if runs and runs[-1][0] == t:
+            runs[-1][1] += 1
+        else:
+            runs.append([t, 1])
+    return "[" + ",".join(f"{t}*{n}" for t, n in runs) + "]"
+
+
 def _show(value: Any) -> str:
+    """A value for a report: WALs as term runs ([2*3] = three entries of term 2)."""
+    if isinstance(value, Terms):
+        return "[" + ",".join(f"{t}*{n}" for t, n in value.runs) + "]"
+    if isinstance(value, tuple) and all(type(v) is int for v in value):
+        return _runs(value)
+    if isinstance(value, list) and all(isinstance(v, list) and len(v) == 2 for v in value):
+        return _runs(_expand(value))
     if isinstance(value, frozenset):
         return "{" + ", ".join(sorted(map(str, value))) + "}"
     if isinstance(value, tuple) and value and isinstance(value[0], Record):

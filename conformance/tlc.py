@@ -212,6 +212,8 @@ class Record(Mapping):
         return len(self._map)
 
     def __eq__(self, other: object) -> bool:
+        if type(other) is Record:
+            return self is other or self._map == other._map
         if isinstance(other, Mapping):
             return self._map == dict(other.items())
         return NotImplemented

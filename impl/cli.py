@@ -355,6 +355,11 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     result = run_seed(args.seed, args.steps, out=out)
     _print_sim_result(result, sys.stdout)
     print(f"run directory: {out}")
+    replayed = check_run([out])
+    if replayed.divergence is not None:
+        print(replayed.divergence.report())
+        return 1
+    print(f"trace: accepted by the spec ({replayed.events:,} events replayed)")
     return 0 if result.ok else 1
 
 
@@ -460,7 +465,10 @@ def _add_sim_commands(commands: argparse._SubParsersAction) -> None:
         ),
     )
     which = sim.add_mutually_exclusive_group(required=True)
-    which.add_argument("--seed", type=int, metavar="S", help="one run, traced into its run directory")
+    which.add_argument(
+        "--seed", type=int, metavar="S",
+        help="one run, traced into its run directory and replayed on the spec (paxwal check)",
+    )
     which.add_argument(
         "--seeds", type=_seed_range, metavar="A:B",
         help="a campaign over seeds A..B-1 (untraced; failures are rerun traced)",

@@ -13,6 +13,7 @@ def test_sim_one_seed_prints_options_result_and_run_directory(capsys, tmp_path):
     out = capsys.readouterr().out
     assert out.startswith("seed=3 acceptors=")
     assert "ok: " in out and "appends acknowledged" in out
+    assert "trace: accepted by the spec" in out
     assert (tmp_path / "run" / "all.ndjson").stat().st_size > 0
     assert json.loads((tmp_path / "run" / "run.json").read_text())["result"]["ok"] is True
 
