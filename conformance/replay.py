@@ -115,7 +115,8 @@ class Divergence:
         lines += [f"    {k} = {_show(v)}" for k, v in self.state_before.items()]
         if self.expected is not None:
             logged = self.event.data["state"]
-            diff = [k for k in self.expected if _show(self.expected[k]) != _show(logged.get(k))]
+            logged = {k: _logged_value(k, v) for k, v in logged.items()}
+            diff = [k for k in self.expected if self.expected[k] != logged.get(k)]
             if diff:
                 spec = "the spec's state (no step possible)" if self.guard else "the spec's successor"
                 lines.append(f"  logged state vs {spec}:")
@@ -284,6 +285,8 @@ class _Replayer:
         self.network: set[Record] = set(s.msgs)
         self.state = s.with_(msgs=frozenset())  # the network lives in self.network (speed)
         self.by_id: dict[str, dict[str, Any]] = {}
+        self.to: dict[str, str] = {}  # message id -> the node it was sent to
+        self.clock: dict[str, int] = {}  # node -> Lamport clock of its last event
 
     def _step(self, action: str, *args: Any) -> None:
         result = M.ACTIONS[action](self.model, self.state, *args)
@@ -298,6 +301,8 @@ class _Replayer:
             raise _Reject(f"{event.action} must consume a message, and recv is null")
         if recv not in self.by_id:
             raise _Reject(f"it consumes message {recv}, which no earlier event sent")
+        if self.to[recv] != event.node:
+            raise _Reject(f"it consumes message {recv}, which was sent to {self.to[recv]}")
         messages = spec_messages(self.by_id[recv])
         for m in messages:
             if m not in self.network:
@@ -306,6 +311,14 @@ class _Replayer:
 
     def apply(self, event: Event) -> None:
         node, action, args = event.node, event.action, event.data["args"]
+        # The trace format (impl/trace.py): a node's clock grows with each of its events, and
+        # message ids are unique; the merge order relies on both.
+        if event.data["lc"] <= self.clock.get(node, 0):
+            raise _Reject(f"its Lamport clock {event.data['lc']} does not exceed {node}'s previous {self.clock[node]}")
+        self.clock[node] = event.data["lc"]
+        for sent in event.data["sent"]:
+            if sent["id"] in self.by_id:
+                raise _Reject(f"it sends message id {sent['id']}, which an earlier event used")
         if action not in M.ACTIONS:
             raise _Reject(f"{action!r} is not an action of the spec")
         if action == "RestartProposer":
@@ -339,6 +352,7 @@ class _Replayer:
             self._step(action, node, event.data["state"].get("acc_commit", 1))
         for sent in event.data["sent"]:
             self.by_id[sent["id"]] = sent["msg"]
+            self.to[sent["id"]] = sent["to"]
             for m in spec_messages(sent["msg"]):
                 if m not in self.network:
                     raise _Reject(f"it logs sending {sent['id']} ({m['type']}), which the spec's {action} does not send")
