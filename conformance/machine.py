@@ -24,8 +24,9 @@ Next                 `successors(model, s)`      every (action, args, next state
 each invariant       `invariants(model, s)`      the names of the invariants that fail
 ===================  ==========================  ============================================
 
-Positions are the spec's (1 means "nothing"); node ids are whatever the model names them
-(strings in traces, `ModelValue`s in TLC's output: both compare by name here).
+Positions are the spec's (1 means "nothing"); node ids are whatever the model names them:
+strings for traces, `ModelValue`s for TLC's states (`conformance/mc.py` builds its models
+with those; a `ModelValue` does not equal the string of its name).
 """
 
 from __future__ import annotations
@@ -493,7 +494,8 @@ def ElectionSafety(model: Model, s: State) -> bool:
 def LogIsMonotonic(model: Model, s: State) -> bool:
     """Terms never decrease along a WAL: along its runs, which is the same thing."""
     wals = [s.acc_wal[a] for a in model.acceptors] + [s.prop_wal[p] for p in model.proposers]
-    return all(all(r1[0] <= r2[0] for r1, r2 in zip(w.runs, w.runs[1:])) for w in wals)
+    runs = [(w if isinstance(w, Terms) else Terms(w)).runs for w in wals]
+    return all(all(r1[0] <= r2[0] for r1, r2 in zip(r, r[1:])) for r in runs)
 
 
 def LogMatchesHistory(model: Model, s: State) -> bool:

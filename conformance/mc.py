@@ -35,33 +35,50 @@ flight, is such a step and is cut too.  Likewise `NoAcceptorCrash` cuts a repeat
 ProposerElected that only discards unflushed WAL (it equals a restart that keeps
 commit_lsn).  So each predicate below takes the action name and arguments (the BFS has them)
 but decides on (s, t) alone, by evaluating the constrained action of the TLA+ definition,
-for every value of its bound variables, as a relation between s and t.
+for every value of its bound variables, as a relation between s and t.  (On the models of
+spec/models/machine_*.cfg the per-action reading happens to give the same counts: a state
+cut on such a step is reached by another one.  The pair reading is TLC's, so it is the one
+kept.)
+
+Also here: `load_config` reads a model config into the bounded model it describes, and
+`replay` checks that a behaviour TLC printed (a counterexample, a simulation) is a behaviour
+of the machine, step by step.
 """
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
 
 from conformance import machine as M
 from conformance.machine import Model, State
+from conformance.seq import Terms
+from conformance.tlc import ModelValue, Record, TraceState
 
 __all__ = [
     "ACTION_CONSTRAINTS",
     "BfsResult",
+    "BoundedModel",
     "InvariantViolation",
     "LeadersCrash",
     "LiveGreetings",
     "NoAcceptorCrash",
     "NoLoss",
+    "ReplayError",
     "SendOnce",
     "StateConstraint",
     "Steady",
     "bfs",
     "is_step",
+    "load_config",
+    "replay",
+    "state_from_tlc",
 ]
 
 ActionConstraint = Callable[[Model, State, str, tuple, State, int], bool]
@@ -91,13 +108,12 @@ def is_step(result: State | M.Disabled, t: State) -> bool:
     return isinstance(result, State) and result == t
 
 
+_MSGS = State._fields.index("msgs")
+
+
 def _only_msgs_differ(s: State, t: State) -> bool:
     """Every variable but msgs is unchanged (a necessary condition, used to skip work)."""
-    return all(
-        getattr(s, f.name) is getattr(t, f.name) or getattr(s, f.name) == getattr(t, f.name)
-        for f in attrs.fields(State)
-        if f.name != "msgs"
-    )
+    return all(x is y or x == y for i, (x, y) in enumerate(zip(s, t)) if i != _MSGS)
 
 
 def NoLoss(model: Model, s: State, action: str, args: tuple, t: State, max_entries: int) -> bool:
@@ -190,12 +206,17 @@ class InvariantViolation(AssertionError):
 
 @attrs.frozen
 class BfsResult:
-    """TLC's three counters for a complete search, and the wall-clock time it took."""
+    """TLC's three counters for a complete search, and the wall-clock time it took.
+
+    `discovered` says, per action, how many counted states were first reached by it: an
+    action absent from it never mattered to the count.
+    """
 
     distinct: int
     generated: int
     depth: int
     seconds: float
+    discovered: Mapping[str, int] = attrs.field(factory=dict)
 
 
 def _constraints(names_or_fns: Iterable[str | ActionConstraint]) -> list[ActionConstraint]:
@@ -240,6 +261,7 @@ def bfs(
     frontier = [s0] if StateConstraint(model, s0, max_term, max_entries) else []
     generated = 1
     depth = 1
+    discovered: Counter[str] = Counter()
     while frontier:
         following: list[State] = []
         for s in frontier:
@@ -252,6 +274,7 @@ def bfs(
                 ):
                     seen.add(t)
                     following.append(t)
+                    discovered[action] += 1
                     if check_invariants and (bad := M.invariants(model, t)):
                         raise InvariantViolation(bad, t, depth + 1)
                     if max_distinct is not None and len(seen) > max_distinct:
@@ -263,4 +286,142 @@ def bfs(
         if following:
             depth += 1
         frontier = following
-    return BfsResult(distinct=len(seen), generated=generated, depth=depth, seconds=time.monotonic() - started)
+    return BfsResult(
+        distinct=len(seen),
+        generated=generated,
+        depth=depth,
+        seconds=time.monotonic() - started,
+        discovered=dict(discovered),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Models from TLC configs
+# ---------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class BoundedModel:
+    """What a config of MCProposerAcceptor fixes: constants and constraints.
+
+    Node ids are `ModelValue`s, as in TLC's output, so TLC's states convert unchanged.
+    """
+
+    model: Model
+    max_term: int
+    max_entries: int
+    action_constraints: tuple[str, ...]
+
+    def bfs(self, **options: Any) -> BfsResult:
+        return bfs(self.model, self.max_term, self.max_entries, self.action_constraints, **options)
+
+
+_CFG_SECTIONS = re.compile(
+    r"^\s*(CONSTANTS?|SPECIFICATION|INIT|NEXT|CONSTRAINTS?|ACTION_CONSTRAINTS?|INVARIANTS?|PROPERTY|PROPERTIES"
+    r"|SYMMETRY|VIEW|CHECK_DEADLOCK)\b",
+    re.M,
+)
+
+
+def load_config(path: Path | str) -> BoundedModel:
+    """Read a model config (spec/models/*.cfg) into a BoundedModel.
+
+    Raises:
+        ValueError: the config uses VIEW or SYMMETRY (TLC's count would then depend on its
+            search order), a constraint other than StateConstraint, a constraint this module
+            does not transcribe, or lacks a constant.
+    """
+    text = re.sub(r"\\\*[^\n]*", "", Path(path).read_text())
+    text = re.sub(r"\(\*.*?\*\)", "", text, flags=re.S)
+    sections: dict[str, str] = {}
+    marks = list(_CFG_SECTIONS.finditer(text))
+    for mark, following in zip(marks, [*marks[1:], None]):
+        key = mark.group(1).rstrip("S") if mark.group(1) != "PROPERTIES" else "PROPERTY"
+        body = text[mark.end() : following.start() if following else len(text)]
+        sections[key] = sections.get(key, "") + " " + body
+    for forbidden in ("VIEW", "SYMMETRY"):
+        if forbidden in sections:
+            raise ValueError(f"{path}: {forbidden} makes TLC's state count depend on its search order")
+    if sections.get("CONSTRAINT", " StateConstraint").split() != ["StateConstraint"]:
+        raise ValueError(f"{path}: only CONSTRAINT StateConstraint is transcribed")
+    constants = dict(re.findall(r"(\w+)\s*=\s*(\{[^}]*\}|\d+)", sections.get("CONSTANT", "")))
+    try:
+        names = {k: re.findall(r"\w+", constants[k]) for k in ("Proposers", "Acceptors")}
+        max_term, max_entries = int(constants["MaxTerm"]), int(constants["MaxEntries"])
+    except KeyError as missing:
+        raise ValueError(f"{path}: constant {missing} missing") from None
+    constraints = tuple(sections.get("ACTION_CONSTRAINT", "").split())
+    unknown = [c for c in constraints if c not in ACTION_CONSTRAINTS]
+    if unknown:
+        raise ValueError(f"{path}: action constraints not transcribed in conformance/mc.py: {unknown}")
+    model = Model(
+        proposers=tuple(ModelValue(n) for n in sorted(names["Proposers"])),
+        acceptors=tuple(ModelValue(n) for n in sorted(names["Acceptors"])),
+    )
+    return BoundedModel(model, max_term, max_entries, constraints)
+
+
+# ---------------------------------------------------------------------------------------------
+# Replaying TLC behaviours through the machine
+# ---------------------------------------------------------------------------------------------
+
+
+class ReplayError(AssertionError):
+    """A TLC behaviour that the machine cannot reproduce; `index` is the failing state's
+    1-based number in the behaviour."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(f"state {index}: {message}")
+        self.index = index
+
+
+def state_from_tlc(values: Mapping[str, Any]) -> State:
+    """A TLC trace state (`TraceState.values`, parsed by conformance.tlc) as a machine State.
+
+    The parser's types are the machine's (Record, tuple, frozenset, ModelValue for node ids),
+    except that the machine keeps WALs as `Terms` (equal to the tuple, but with runs that
+    its invariants read): prop_wal, acc_wal and committed_log are converted.
+    """
+    fields = set(State._fields)
+    if set(values) != fields:
+        raise ValueError(f"variables differ from the spec's: missing {fields - set(values)}, extra {set(values) - fields}")
+    converted = dict(values)
+    for name in ("prop_wal", "acc_wal"):
+        converted[name] = Record((k, Terms(w)) for k, w in values[name].items())
+    converted["committed_log"] = Terms(values["committed_log"])
+    return State(**converted)
+
+
+def _differences(s: State, t: State) -> str:
+    return ", ".join(f"{name}: {x!r} vs {y!r}" for name, x, y in zip(State._fields, s, t) if x != y)
+
+
+def replay(model: Model, trace: Sequence[TraceState]) -> list[list[tuple[str, tuple]]]:
+    """Check that a TLC behaviour is one of the machine's: its first state is `init(model)`
+    and each next state is a successor (any action of Next; constraints are not applied, as
+    a behaviour under constraints is a behaviour of the spec).  A "Stuttering" or lasso
+    closing entry (liveness traces) is not a step and is skipped.
+
+    Returns:
+        For each step, every (action, args) of Next that explains it (often one).
+
+    Raises:
+        ReplayError: the first state that is not reproduced, with the nearest successor's
+            differing variables.
+    """
+    if not trace:
+        raise ReplayError(0, "empty behaviour")
+    states = [state_from_tlc(ts.values) for ts in trace if ts.action != "Stuttering" and ts.loops_to is None]
+    first = M.init(model)
+    if states[0] != first:
+        raise ReplayError(1, f"not the initial state: {_differences(first, states[0])}")
+    explanations: list[list[tuple[str, tuple]]] = []
+    for i, (s, t) in enumerate(zip(states, states[1:]), start=2):
+        steps = list(M.successors(model, s))
+        found = [(action, args) for action, args, u in steps if u == t]
+        if not found:
+            nearest = min(steps, key=lambda step: len(_differences(step[2], t)), default=None)
+            detail = f"; nearest {nearest[0]}{nearest[1]}: {_differences(nearest[2], t)}" if nearest else ""
+            raise ReplayError(i, f"no action of Next reaches it from state {i - 1}{detail}")
+        explanations.append(found)
+    return explanations
