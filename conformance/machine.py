@@ -322,10 +322,10 @@ def CollectAck(model: Model, s: State, p: Any, m: Msg) -> State | Disabled:
     c = min(QuorumFlush(model, acks), len(s.prop_wal[p]) + 1)
     s2 = s.with_(prop_acks=_set(s.prop_acks, p, acks))
     if c > s.prop_commit[p] and CommitAllowed(s, p, c):
-        longer = c - 1 > len(s.committed_log)
+        prefix = s.prop_wal[p][: c - 1]
         s2 = s2.with_(
             prop_commit=_set(s.prop_commit, p, c),
-            committed_log=s.prop_wal[p][: c - 1] if longer else s.committed_log,
+            committed_log=s.committed_log if IsPrefix(prefix, s.committed_log) else prefix,
         )
     return s2
 

@@ -74,7 +74,7 @@ VARIABLES
     \* The network.
     msgs,
     \* Ghosts, for checking only.
-    committed_log, \* the committed log: the longest prefix any leader has committed
+    committed_log, \* the committed log: what leaders committed, extended, never shortened
     elections      \* every election won: [term, leader, history]
 
 prop_vars == <<prop_phase, prop_term, prop_heard, prop_history, prop_wal, prop_acks, prop_commit>>
@@ -378,12 +378,12 @@ SendAppend(p, l) ==
 (*   processed p's ProposerElected, so its flushed WAL is a prefix of p's. *)
 (* Effect: acks only grow (a late ack reports less); commit_lsn only      *)
 (*   grows, and never past p's own WAL.  The ghost committed_log becomes  *)
-(*   p's committed prefix if that is longer: the refinement to AbstractLog *)
-(*   then checks that it extends every log committed before, by any       *)
-(*   proposer.  A shorter prefix leaves it as it is: a deposed leader may *)
-(*   count a late ack of its term after a newer leader committed more     *)
-(*   (found by replaying simulator traces); LogSafety checks that such a  *)
-(*   prefix agrees with the committed log.                                 *)
+(*   p's committed prefix unless that is a prefix of it already: the      *)
+(*   refinement to AbstractLog then checks that a new committed log       *)
+(*   extends every log committed before, by any proposer.  A shorter      *)
+(*   prefix that agrees leaves it as it is: a deposed leader may count a  *)
+(*   late ack of its term after a newer leader committed more (found by   *)
+(*   replaying simulator traces).                                          *)
 (* In impl: ProposerCore.collect_ack.                                     *)
 CollectAck(p, m) ==
     /\ m.type = "AppendResponse"
@@ -393,9 +393,9 @@ CollectAck(p, m) ==
        IN /\ prop_acks' = [prop_acks EXCEPT ![p] = acks]
           /\ IF c > prop_commit[p] /\ CommitAllowed(p, c)
              THEN /\ prop_commit' = [prop_commit EXCEPT ![p] = c]
-                  /\ committed_log' = IF c - 1 > Len(committed_log)
-                                      THEN SubSeq(prop_wal[p], 1, c - 1)
-                                      ELSE committed_log
+                  /\ committed_log' = IF IsPrefix(SubSeq(prop_wal[p], 1, c - 1), committed_log)
+                                      THEN committed_log
+                                      ELSE SubSeq(prop_wal[p], 1, c - 1)
              ELSE UNCHANGED <<prop_commit, committed_log>>
     /\ UNCHANGED <<prop_phase, prop_term, prop_heard, prop_history, prop_wal,
                    acc_vars, msgs, elections>>
