@@ -1,8 +1,18 @@
-"""Shared pytest options and fixtures."""
+"""Shared pytest options and fixtures.
+
+Every simulator run a test makes is checked against the spec (`checked_traces`): a test
+cannot produce a trace nobody replays.  A test that plants a bug on purpose says so with
+`@pytest.mark.trace_rejected`, and then its traces must be rejected instead.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+
+from conformance.replay import Event, replay
+from impl.sim import Sim
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -18,3 +28,38 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def rewrite(request: pytest.FixtureRequest) -> bool:
     """Whether --rewrite was given: scenario tests then regenerate instead of comparing."""
     return bool(request.config.getoption("--rewrite"))
+
+
+def _events(sim: Sim) -> list[Event]:
+    """A simulator's in-memory trace as the checker's events (file = the node's ndjson)."""
+    events = [
+        Event(data, f"{node}.ndjson", line)
+        for node, node_events in sim.node_events.items()
+        for line, data in enumerate(node_events, 1)
+    ]
+    events.sort(key=lambda e: (e.data["lc"], e.node))
+    return events
+
+
+@pytest.fixture(autouse=True)
+def checked_traces(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Replay the trace of every simulator the test created, after the test."""
+    sims: list[Sim] = []
+    original = Sim.__init__
+
+    def init(self: Sim, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)
+        sims.append(self)
+
+    monkeypatch.setattr(Sim, "__init__", init)
+    yield
+    planted = request.node.get_closest_marker("trace_rejected") is not None
+    traced = [sim for sim in sims if sim.events]
+    verdicts = []
+    for sim in traced:
+        result = replay(_events(sim), {"cluster": {"proposers": list(sim.proposers), "acceptors": list(sim.acceptors)}})
+        verdicts.append(result.verdict)
+        if not planted and result.divergence is not None:
+            pytest.fail(f"the test's simulator trace is not a behaviour of the spec:\n{result.divergence.report()}")
+    if planted:
+        assert "rejected" in verdicts, f"a planted bug left no rejected trace (verdicts: {verdicts})"

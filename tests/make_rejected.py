@@ -1,13 +1,13 @@
 """Generate traces/rejected/: hand-made bad traces that `paxwal check` must reject.
 
-Each case copies one accepted run of traces/scenarios/ (its per-node files and run.json, not
+Each case copies one accepted run of traces/accepted/scenarios/ (its per-node files and run.json, not
 the merged all.ndjson), makes one minimal edit -- an event changed, deleted, duplicated or
 forged, with valid JSON and plausible Lamport clocks -- and writes
 `traces/rejected/<name>.reason`:
 
     expect: <node>.ndjson:<line>     the event the checker must name
     why: <the protocol rule the edit breaks, in the spec's words>
-    edit: <what changed relative to traces/scenarios/<source>/>
+    edit: <what changed relative to traces/accepted/scenarios/<source>/>
 
 Edits pick events by content (action, state, message), not by line number, so the corpus can
 be regenerated when the scenario traces change:
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ROOT / "traces" / "scenarios"
+SCENARIOS = ROOT / "traces" / "accepted" / "scenarios"
 OUT = ROOT / "traces" / "rejected"
 
 Event = dict[str, Any]
@@ -531,7 +531,7 @@ def _(run: Run):
 
 
 def write_reason(name: str, node: str, line: int, why: str, edit: str, scenario: str) -> None:
-    text = f"expect: {node}.ndjson:{line}\nwhy: {why}\nedit: {edit} (relative to traces/scenarios/{scenario}/)\n"
+    text = f"expect: {node}.ndjson:{line}\nwhy: {why}\nedit: {edit} (relative to traces/accepted/scenarios/{scenario}/)\n"
     (OUT / f"{name}.reason").write_text(text)
 
 

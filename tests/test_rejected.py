@@ -56,7 +56,7 @@ def test_the_reason_has_its_three_fields(reason):
     assert tuple(fields) == FIELDS
     assert all(fields.values())
     assert EXPECT.fullmatch(fields["expect"]), fields["expect"]
-    assert "traces/scenarios/" in fields["edit"]
+    assert "traces/accepted/scenarios/" in fields["edit"]
 
 
 @pytest.mark.parametrize("reason", REASONS, ids=[p.stem for p in REASONS])

@@ -13,7 +13,7 @@ from impl.cli import main
 from impl.sim import run_seed
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = sorted((ROOT / "traces" / "scenarios").iterdir())
+SCENARIOS = sorted((ROOT / "traces" / "accepted" / "scenarios").iterdir())
 
 
 @pytest.mark.parametrize("run", SCENARIOS, ids=[p.name for p in SCENARIOS])
@@ -32,7 +32,7 @@ def test_simulator_runs_are_accepted(seed, tmp_path):
 
 
 def test_merge_respects_happens_before():
-    events, run = load_events([ROOT / "traces" / "scenarios" / "figure8"])
+    events, run = load_events([ROOT / "traces" / "accepted" / "scenarios" / "figure8"])
     assert run is not None and run["cluster"]["acceptors"] == ["a1", "a2", "a3"]
     sent_at = {}
     for index, event in enumerate(events):
@@ -54,7 +54,7 @@ def test_merge_respects_happens_before():
 def _edit(tmp_path: Path, scenario: str, node: str, pick, change) -> tuple[Path, int]:
     """Copy a scenario's trace and edit the first event of `node` that `pick` selects."""
     run = tmp_path / scenario
-    shutil.copytree(ROOT / "traces" / "scenarios" / scenario, run)
+    shutil.copytree(ROOT / "traces" / "accepted" / "scenarios" / scenario, run)
     (run / "all.ndjson").unlink()
     path = run / f"{node}.ndjson"
     lines = path.read_text().splitlines()
@@ -88,7 +88,7 @@ def test_a_logged_state_the_spec_does_not_reach_is_rejected(tmp_path):
 def test_a_second_vote_in_a_term_is_rejected(tmp_path):
     """a1 voted for p1 in term 1; a forged event has it vote for p2 in term 1 too."""
     run = tmp_path / "split-vote"
-    shutil.copytree(ROOT / "traces" / "scenarios" / "split-vote", run)
+    shutil.copytree(ROOT / "traces" / "accepted" / "scenarios" / "split-vote", run)
     (run / "all.ndjson").unlink()
     events, _ = load_events([run])
     p2_request = next(
@@ -156,7 +156,7 @@ def test_unreadable_input_is_a_trace_error(tmp_path):
 
 
 def test_cli_check_exit_codes(capsys, tmp_path):
-    assert main(["check", str(ROOT / "traces" / "scenarios" / "election")]) == 0
+    assert main(["check", str(ROOT / "traces" / "accepted" / "scenarios" / "election")]) == 0
     assert "accepted: " in capsys.readouterr().out
     def change(e):
         e["state"]["acc_term"] += 1

@@ -1,4 +1,4 @@
-"""The scenario files (tests/scenarios/*.txt) and their trace corpus (traces/scenarios/).
+"""The scenario files (tests/scenarios/*.txt) and their trace corpus (traces/accepted/scenarios/).
 
 Each scenario is a hand-written protocol story run on the simulator's manual mode
 (impl/scenario.py).  Its outputs must match what it says, and the trace it produces must
@@ -13,31 +13,18 @@ and read the diff before committing.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 
+from conformance.corpus import spec_actions, trace_files
+from conformance.machine import ACTIONS
 from impl.scenario import _parse, run_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = sorted((ROOT / "tests" / "scenarios").glob("*.txt"))
-CORPUS = ROOT / "traces" / "scenarios"
-SPEC = ROOT / "spec" / "ProposerAcceptor.tla"
-
-# Operators of the TLA+ standard modules that may appear applied inside Next.
-TLA_BUILTINS = frozenset({
-    "Len", "Append", "SubSeq", "Head", "Tail", "SelectSeq", "Seq", "Cardinality",
-    "IsFiniteSet", "DOMAIN", "UNCHANGED", "SUBSET", "UNION",
-})
-
-
-def _trace_files(directory: Path) -> dict[str, bytes]:
-    """The trace files of a run directory: every *.ndjson and run.json, by name."""
-    files = sorted(directory.glob("*.ndjson")) + [directory / "run.json"]
-    return {f.name: f.read_bytes() for f in files if f.is_file()}
-
+CORPUS = ROOT / "traces" / "accepted" / "scenarios"
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_scenario(path: Path, tmp_path: Path, rewrite: bool) -> None:
@@ -46,7 +33,7 @@ def test_scenario(path: Path, tmp_path: Path, rewrite: bool) -> None:
     mismatches = run_file(path, trace_dir=out, rewrite=rewrite)
     assert not mismatches, f"scenario {stem}:\n" + "\n\n".join(mismatches)
 
-    produced = _trace_files(out)
+    produced = trace_files(out)
     corpus = CORPUS / stem
     if rewrite:
         if corpus.exists():
@@ -55,28 +42,16 @@ def test_scenario(path: Path, tmp_path: Path, rewrite: bool) -> None:
         for name, data in produced.items():
             (corpus / name).write_bytes(data)
         return
-    committed = _trace_files(corpus) if corpus.is_dir() else None
+    committed = trace_files(corpus) if corpus.is_dir() else None
     assert committed == produced, (
         f"trace of scenario {stem} changed (or is missing): rerun"
         " `pytest tests/test_scenarios.py --rewrite` and review the diff"
     )
 
 
-def _spec_actions() -> set[str]:
-    """The action names applied in the disjuncts of the spec's `Next ==`."""
-    text = SPEC.read_text()
-    match = re.search(r"^Next ==\n(.*?)(?=^\S)", text, re.MULTILINE | re.DOTALL)
-    assert match, f"no `Next ==` definition in {SPEC}"
-    names = set(re.findall(r"(\w+)\(", match.group(1))) - TLA_BUILTINS
-    assert names, "no action found in Next"
-    return names
-
-
 def test_spec_actions_are_parsed() -> None:
-    # A guard on the parser below: the two ends of the list and nothing from the library.
-    actions = _spec_actions()
-    assert {"RestartProposer", "LoseMessage", "AcceptAppend", "SendAppend"} <= actions
-    assert not actions & TLA_BUILTINS
+    # A guard on the parser: it finds exactly the actions the machine transcribes.
+    assert spec_actions() == set(ACTIONS)
 
 
 def test_corpus_holds_exactly_the_scenarios(rewrite: bool) -> None:
@@ -88,7 +63,7 @@ def test_corpus_holds_exactly_the_scenarios(rewrite: bool) -> None:
             shutil.rmtree(CORPUS / name)
         return
     assert dirs == {p.stem for p in SCENARIOS}, (
-        f"traces/scenarios/ must hold one directory per scenario (stale: {sorted(stale)},"
+        f"traces/accepted/scenarios/ must hold one directory per scenario (stale: {sorted(stale)},"
         f" missing: {sorted({p.stem for p in SCENARIOS} - dirs)}): rerun"
         " `pytest tests/test_scenarios.py --rewrite`"
     )
@@ -100,9 +75,9 @@ def test_every_spec_action_appears_in_the_scenario_traces() -> None:
         for line in trace.read_text().splitlines():
             if line.strip():
                 seen.add(json.loads(line)["action"])
-    assert seen == _spec_actions(), (
-        f"missing from the scenario traces: {sorted(_spec_actions() - seen)};"
-        f" not spec actions: {sorted(seen - _spec_actions())}"
+    assert seen == spec_actions(), (
+        f"missing from the scenario traces: {sorted(spec_actions() - seen)};"
+        f" not spec actions: {sorted(seen - spec_actions())}"
     )
 
 

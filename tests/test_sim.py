@@ -106,6 +106,7 @@ def test_figure8_schedule_loses_nothing_with_commit_allowed():
     assert sim.committed.startswith(b"z")  # x was never committed, so cutting it lost nothing
 
 
+@pytest.mark.trace_rejected
 def test_oracle_catches_commit_ignoring_term_start(monkeypatch):
     """Mutant CommitIgnoringTermStart (Raft figure 8): counting acks below the term start
     commits x, which the term-4 leader then cuts: the committed log changes."""
