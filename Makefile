@@ -46,6 +46,7 @@ sim: setup
 bench: setup
 	$(BIN)/paxwal bench sim
 	$(BIN)/paxwal bench trace
+	$(BIN)/paxwal bench replay
 
 # The long campaign, on demand: 20,000 seeds with longer fault phases.
 soak: setup

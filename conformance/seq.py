@@ -33,16 +33,25 @@ class Terms(Sequence[int]):
     @classmethod
     def from_runs(cls, runs: Iterable[Sequence[int]]) -> Terms:
         """From `[(term, count), ...]`; adjacent runs of one term merge, empty ones vanish."""
-        merged: list[list[int]] = []
+        merged: list[tuple[int, int]] = []
+        total = 0
         for term, count in runs:
             if count <= 0:
                 continue
+            total += count
             if merged and merged[-1][0] == term:
-                merged[-1][1] += count
+                merged[-1] = (term, merged[-1][1] + count)
             else:
-                merged.append([term, count])
+                merged.append((term, count))
+        return cls._of(tuple(merged), total)
+
+    @classmethod
+    def _of(cls, runs: tuple[tuple[int, int], ...], length: int) -> Terms:
+        """From runs already merged (no empty run, no two adjacent of one term) and their length."""
         seq = cls.__new__(cls)
-        seq._set(tuple((t, n) for t, n in merged))
+        seq.runs = runs
+        seq._len = length
+        seq._hash = None
         return seq
 
     def _set(self, runs: tuple[tuple[int, int], ...]) -> None:
@@ -78,15 +87,38 @@ class Terms(Sequence[int]):
         if n >= self._len:
             return self
         runs = []
+        left = n
         for term, count in self.runs:
-            if n <= 0:
+            if left <= 0:
                 break
-            runs.append((term, min(count, n)))
-            n -= count
-        return Terms.from_runs(runs)
+            runs.append((term, min(count, left)))
+            left -= count
+        return Terms._of(tuple(runs), max(n, 0))
 
     def __add__(self, other: Iterable[int]) -> Terms:
-        return Terms.from_runs(self.runs + Terms(other).runs)
+        more = other if isinstance(other, Terms) else Terms(other)
+        if not more.runs:
+            return self
+        if self.runs and self.runs[-1][0] == more.runs[0][0]:
+            (term, a), (_, b) = self.runs[-1], more.runs[0]
+            runs = self.runs[:-1] + ((term, a + b),) + more.runs[1:]
+        else:
+            runs = self.runs + more.runs
+        return Terms._of(runs, self._len + more._len)
+
+    def starts_with(self, prefix: Terms) -> bool:
+        """Whether `prefix` is a prefix of this sequence (IsPrefix(prefix, self)), run by run."""
+        if prefix._len > self._len:
+            return False
+        runs, mine = prefix.runs, self.runs
+        if not runs:
+            return True
+        last = len(runs) - 1
+        for i, (term, count) in enumerate(runs):
+            t, n = mine[i]
+            if t != term or (n != count if i < last else n < count):
+                return False
+        return True
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Terms):

@@ -64,8 +64,6 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-import attrs
-
 from impl.control import ControlState, FileControlStorage
 from impl.effects import (
     Close,

@@ -21,11 +21,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import attrs
+
 from bench import BENCHMARKS
-from conformance.replay import TraceError, check_run
+from conformance import impl_mutants, tlctrace
+from conformance.corpus import action_coverage, find_runs
+from conformance.coverage import MODEL_FILE, StateCoverage, load_model_states, record_model_states, spec_stamp
+from conformance.diagram import svg
+from conformance.impl_catalogue import CatalogueError, select
 from conformance.mutants import MODEL_MODULE, MutantError, MutantResult, check_mutant, load_mutants
+from conformance.replay import TraceError, check_run, events_in_memory, load_events, replay
 from conformance.tlc import Progress, TlcResult, TlcSetupError, TraceState, format_value, run_tlc
-from impl.sim import SimOptions, SimResult, run_seed
+from impl.sim import Sim, SimOptions, SimResult, run_seed
 
 __all__ = ["CliError", "build_parser", "main"]
 
@@ -383,7 +390,7 @@ def _sim_campaign(args: argparse.Namespace) -> int:
     jobs = args.jobs or os.cpu_count() or 1
     started = time.monotonic()
     failures: list[SimResult] = []
-    done = events = 0
+    done = 0
     bar = _Bar(sys.stderr, len(seeds))
     work = [(seed, args.steps) for seed in seeds]
     context = multiprocessing.get_context("fork")
@@ -483,22 +490,135 @@ def _add_sim_commands(commands: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# paxwal mutants
+# ---------------------------------------------------------------------------------------
+
+
+def _cmd_mutants(args: argparse.Namespace) -> int:
+    try:
+        mutants = select(args.only)
+    except CatalogueError as exc:
+        raise CliError(str(exc)) from None
+    seeds = impl_mutants.SMOKE_SEEDS if args.smoke else args.seeds or impl_mutants.DEFAULT_SEEDS
+    plan = impl_mutants.Plan.of(seeds, out=args.out if args.out is not None else DEFAULT_SIM_OUT / "mutants")
+    jobs = args.jobs or os.cpu_count() or 1
+    print(f"{len(mutants)} mutants and the control, {plan.size} runs each at most, {jobs} jobs", file=sys.stderr)
+
+    def done(result: impl_mutants.Campaign, count: int, total: int) -> None:
+        verdict = (
+            f"ERROR {result.error}" if result.error is not None
+            else f"conformance kill at {result.conformance.run}" if result.conformance is not None
+            else f"{', '.join(result.first.found)} at {result.first.run}" if result.first is not None
+            else "nothing fired"
+        )
+        print(f"[{count}/{total}] {result.name}: {verdict} ({result.runs} runs, {_duration(result.seconds)})", file=sys.stderr, flush=True)
+
+    try:
+        control, results = impl_mutants.run_mutants(mutants, plan, jobs=jobs, timeout=args.timeout, on_done=done)
+    except CatalogueError as exc:
+        raise CliError(str(exc)) from None
+    print(impl_mutants.report(control, results, mutants, plan))
+    return 0 if impl_mutants.passed(control, results) else 1
+
+
+def _add_mutants_commands(commands: argparse._SubParsersAction) -> None:
+    mutants = commands.add_parser(
+        "mutants",
+        help="check that deliberate bugs in the cores are caught, by the conformance checker first",
+        description=(
+            "Run each implementation mutant (conformance/impl_catalogue.py: a source patch of a "
+            "core, applied in a worker process only) and the unmodified control over the scenarios "
+            "and simulator seeds, and report which oracle killed each first: the conformance "
+            "checker (replay of the run's trace), the simulator's checks or a scenario's "
+            "expectation. Exit 0 iff the control is clean and the conformance checker kills at "
+            f"least {impl_mutants.REQUIRED_RATE:.0%} of the mutants."
+        ),
+    )
+    mutants.add_argument("--only", nargs="+", metavar="NAME", help="run only these mutants")
+    which = mutants.add_mutually_exclusive_group()
+    which.add_argument(
+        "--seeds", type=_seed_range, metavar="A:B",
+        help=f"simulator seeds A..B-1, run before the scenarios (default {impl_mutants.DEFAULT_SEEDS.start}:{impl_mutants.DEFAULT_SEEDS.stop})",
+    )
+    which.add_argument(
+        "--smoke", action="store_true",
+        help=f"the scenarios and seeds {', '.join(map(str, impl_mutants.SMOKE_SEEDS))} only (CI: under 2 minutes on 2 cores)",
+    )
+    mutants.add_argument("--jobs", type=_positive_int, metavar="J", help="campaigns at once (default: one per CPU)")
+    mutants.add_argument(
+        "--out", type=Path, metavar="DIR",
+        help=f"where each conformance-rejected run directory is kept (default {DEFAULT_SIM_OUT}/mutants)",
+    )
+    mutants.add_argument(
+        "--timeout", type=float, default=impl_mutants.DEFAULT_TIMEOUT, metavar="S",
+        help=f"seconds one campaign may take (default {impl_mutants.DEFAULT_TIMEOUT:g})",
+    )
+    mutants.set_defaults(handler=_cmd_mutants)
+
+
+# ---------------------------------------------------------------------------------------
 # paxwal check
 # ---------------------------------------------------------------------------------------
 
 
-def _cmd_check(args: argparse.Namespace) -> int:
+def _check_runs(paths: Sequence[Path]) -> list[list[Path]]:
+    """What `paxwal check` judges, run by run: the files given (together, one run), and each
+    run directory at or below each directory given (a corpus such as traces/accepted).
+
+    Raises:
+        TraceError: a path is missing, or a directory holds no run.
+    """
+    files = [p for p in paths if not p.is_dir()]
+    runs = [files] if files else []
+    return runs + [[run] for run in find_runs([p for p in paths if p.is_dir()])]
+
+
+def _check_one(run: list[Path], args: argparse.Namespace, name: str | None) -> int:
+    """Check one run and print the verdict (prefixed by `name` in a corpus); its exit status."""
+    prefix = f"{name}: " if name else ""
     try:
-        result = check_run(args.paths)
+        if args.tlc:
+            verdict = tlctrace.check_run(run, _spec_dir(args))
+        else:
+            result = check_run(run)
     except TraceError as exc:
         print(f"paxwal: unreadable trace: {exc}", file=sys.stderr)
         return 2
+    except tlctrace.TlcCheckError as exc:
+        print(f"paxwal: error: {exc}", file=sys.stderr)
+        return 2
+    if args.tlc:
+        print(prefix + verdict.report())
+        if verdict.event is not None:
+            print("(paxwal check without --tlc replays the run and reports the divergence in detail)")
+            return 1
+        return 0
     if result.divergence is not None:
-        print(result.divergence.report())
+        d = result.divergence
+        print(prefix + d.report())
+        if args.diagram is not None:
+            args.diagram.write_text(svg(d.window, d.event))
+            print(f"sequence diagram: {args.diagram}")
         return 1
     actions = ", ".join(f"{name} {count:,}" for name, count in sorted(result.actions.items()))
-    print(f"accepted: {result.events:,} events ({result.lost:,} lost messages); {actions}")
+    print(f"{prefix}accepted: {result.events:,} events ({result.lost:,} lost messages); {actions}")
     return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    try:
+        runs = _check_runs(args.paths)
+    except TraceError as exc:
+        print(f"paxwal: {exc}", file=sys.stderr)
+        return 2
+    if args.diagram is not None and len(runs) > 1:
+        print("paxwal: --diagram needs a single run", file=sys.stderr)
+        return 2
+    statuses = [_check_one(run, args, str(run[0]) if len(runs) > 1 else None) for run in runs]
+    if len(runs) > 1:
+        rejected, unreadable = statuses.count(1), statuses.count(2)
+        print(f"{len(runs)} runs: {len(runs) - rejected - unreadable} accepted, {rejected} rejected, {unreadable} unreadable")
+    return max(statuses)
 
 
 def _add_check_commands(commands: argparse._SubParsersAction) -> None:
@@ -508,13 +628,112 @@ def _add_check_commands(commands: argparse._SubParsersAction) -> None:
         description=(
             "Replay a run's traces (a run directory, or ndjson files) on the spec's state machine "
             "(conformance/machine.py): every event must be an enabled action with the logged "
-            "arguments, leading to the logged state, with the spec's invariants holding. Exit 0 "
-            "accepted, 1 rejected (with a report of the first event the spec does not allow), "
-            "2 unreadable input."
+            "arguments, leading to the logged state, with the spec's invariants holding. A "
+            "directory holding run directories (a corpus, e.g. traces/accepted) checks each run. "
+            "Exit 0 all accepted, 1 one rejected (with a report of the first event the spec does "
+            "not allow), 2 unreadable input."
         ),
     )
-    check.add_argument("paths", nargs="+", type=Path, metavar="RUN_DIR|FILE")
+    check.add_argument("paths", nargs="+", type=Path, metavar="RUN_DIR|CORPUS|FILE")
+    check.add_argument(
+        "--diagram", type=Path, metavar="FILE",
+        help="if rejected, also write the sequence diagram of the events before it as an SVG file",
+    )
+    check.add_argument(
+        "--tlc", action="store_true",
+        help=(
+            "ask TLC instead of the replay: run spec/TraceProposerAcceptor.tla on the run "
+            "(conformance/tlctrace.py); prints the verdict, the longest explained prefix and the "
+            "first unexplained event as file:line; exit 2 also if TLC gives no verdict"
+        ),
+    )
     check.set_defaults(handler=_cmd_check)
+
+
+# ---------------------------------------------------------------------------------------
+# paxwal coverage
+# ---------------------------------------------------------------------------------------
+
+DEFAULT_CORPUS = Path("traces/accepted")
+COVERAGE_STEPS = 600
+
+
+def _coverage_sim(seed: int) -> Sim:
+    """A simulator run shaped like the CI model: its nodes, and one-byte records (one entry)."""
+    options = attrs.evolve(
+        SimOptions.from_seed(seed, COVERAGE_STEPS), proposers=1, acceptors=3, record_size=(1, 1)
+    )
+    sim = Sim(options)
+    sim.run()
+    return sim
+
+
+def _cmd_coverage(args: argparse.Namespace) -> int:
+    if args.model_states:
+        display = _ProgressDisplay(sys.stderr)
+        try:
+            states = record_model_states(progress=display)
+        finally:
+            display.close()
+        print(f"recorded {len(states.digests):,} projections of the CI model ({states.distinct_states:,} TLC states) in {MODEL_FILE}")
+    try:
+        runs = find_runs(args.paths or [DEFAULT_CORPUS])
+    except TraceError as exc:
+        print(f"paxwal: {exc}", file=sys.stderr)
+        return 2
+    actions = action_coverage(runs)
+    print(f"spec actions in {len(runs)} runs:")
+    for name, count in sorted(actions.items()):
+        print(f"  {name:<16} {count:>9,}" + ("   NEVER EXERCISED" if count == 0 else ""))
+    missing = sorted(name for name, count in actions.items() if count == 0)
+    if not MODEL_FILE.exists():
+        print(f"state coverage: {MODEL_FILE} is missing: run `paxwal coverage --model-states`")
+    else:
+        model = load_model_states()
+        stale = "" if model.stamp == spec_stamp() else " (recorded for another version of the spec: rerun with --model-states)"
+        coverage = StateCoverage(model)
+        for run in runs:
+            events, run_json = load_events([run])
+            cluster = (run_json or {}).get("cluster", {})
+            if coverage.fits(cluster.get("proposers", ()), cluster.get("acceptors", ())):
+                replay(events, run_json, visit=coverage.add)
+                coverage.runs += 1
+        for seed in args.sim or ():
+            sim = _coverage_sim(seed)
+            replay(events_in_memory(sim.node_events), {"cluster": {"proposers": list(sim.proposers), "acceptors": list(sim.acceptors)}}, visit=coverage.add)
+            coverage.runs += 1
+        print(
+            f"CI-model states visited: {coverage.inside:,} of {len(model.digests):,} ({coverage.fraction:.1%}),"
+            f" by {coverage.runs} runs with the model's nodes; {len(coverage.visited) - coverage.inside:,} other"
+            f" states visited lie outside the model's bounds{stale}"
+        )
+    if missing:
+        print(f"never exercised: {', '.join(missing)}")
+        return 1
+    return 0
+
+
+def _add_coverage_commands(commands: argparse._SubParsersAction) -> None:
+    coverage = commands.add_parser(
+        "coverage",
+        help="which spec actions and CI-model states the traces exercise",
+        description=(
+            "Count the spec actions in the runs under PATH (default traces/accepted), and the "
+            "states of the CI model (spec/models/ci.cfg) that those runs visit, counted by their "
+            "projection on the nodes' variables up to symmetry (conformance/coverage.py). Exit 1 "
+            "if an action is never exercised, 2 if a path holds no run."
+        ),
+    )
+    coverage.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    coverage.add_argument(
+        "--sim", type=_seed_range, metavar="A:B",
+        help=f"also replay simulator runs A..B-1 shaped like the CI model (1 proposer, 3 acceptors, one-byte records, {COVERAGE_STEPS} fault steps)",
+    )
+    coverage.add_argument(
+        "--model-states", action="store_true",
+        help=f"first record the CI model's states with TLC (spec/MCCoverage.tla, about 10 minutes) into {MODEL_FILE.name}",
+    )
+    coverage.set_defaults(handler=_cmd_coverage)
 
 
 # ---------------------------------------------------------------------------------------
@@ -569,6 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tlc_commands(commands)
     _add_sim_commands(commands)
     _add_check_commands(commands)
+    _add_mutants_commands(commands)
+    _add_coverage_commands(commands)
     _add_bench_commands(commands)
     return parser
 

@@ -53,7 +53,16 @@ SEPARATOR = "----"
 
 
 class ScenarioError(Exception):
-    """A malformed scenario file or a command that cannot run; names the line."""
+    """A malformed scenario file or a command that cannot run; names the line.
+
+    Attributes:
+        sim: the simulator as the failing command left it (None before `cluster`), so the
+            trace of the run so far can still be checked (conformance/impl_mutants.py).
+    """
+
+    def __init__(self, message: str, sim: Sim | None = None) -> None:
+        super().__init__(message)
+        self.sim = sim
 
 
 @attrs.define
@@ -276,8 +285,10 @@ def run(text: str, rewrite: bool = False) -> tuple[str, list[str], Sim | None]:
     for block in blocks:
         try:
             actual = runner.execute(block.command)
-        except ScenarioError as exc:
-            raise ScenarioError(f"line {block.line}: {block.command}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any failure of a command is the scenario's
+            detail = str(exc) if isinstance(exc, ScenarioError) else f"{type(exc).__name__}: {exc}"
+            cause = None if isinstance(exc, ScenarioError) else exc
+            raise ScenarioError(f"line {block.line}: {block.command}: {detail}", runner.sim) from cause
         if actual != block.expected and not rewrite:
             mismatches.append(
                 f"line {block.line}: {block.command}\n  expected:\n    "

@@ -56,7 +56,7 @@ from typing import IO, Any
 import attrs
 
 from impl.effects import MsgMeta, Send
-from impl.termhistory import TermHistory, term_at
+from impl.termhistory import TermHistory
 from impl.wire import (
     AppendRequest,
     AppendResponse,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conformance.replay import Event, replay
+from conformance.replay import events_in_memory, replay
 from impl.sim import Sim
 
 
@@ -30,17 +30,6 @@ def rewrite(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--rewrite"))
 
 
-def _events(sim: Sim) -> list[Event]:
-    """A simulator's in-memory trace as the checker's events (file = the node's ndjson)."""
-    events = [
-        Event(data, f"{node}.ndjson", line)
-        for node, node_events in sim.node_events.items()
-        for line, data in enumerate(node_events, 1)
-    ]
-    events.sort(key=lambda e: (e.data["lc"], e.node))
-    return events
-
-
 @pytest.fixture(autouse=True)
 def checked_traces(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Replay the trace of every simulator the test created, after the test."""
@@ -57,7 +46,7 @@ def checked_traces(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     traced = [sim for sim in sims if sim.events]
     verdicts = []
     for sim in traced:
-        result = replay(_events(sim), {"cluster": {"proposers": list(sim.proposers), "acceptors": list(sim.acceptors)}})
+        result = replay(events_in_memory(sim.node_events), {"cluster": {"proposers": list(sim.proposers), "acceptors": list(sim.acceptors)}})
         verdicts.append(result.verdict)
         if not planted and result.divergence is not None:
             pytest.fail(f"the test's simulator trace is not a behaviour of the spec:\n{result.divergence.report()}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from impl import proposer as proposer_module
 from impl.cli import main
 
@@ -25,6 +27,7 @@ def test_sim_campaign_summarises(capsys):
     assert "6/6 runs, 0 failed" in captured.err  # the progress bar's last line
 
 
+@pytest.mark.trace_rejected
 def test_sim_campaign_reports_the_seed_that_reproduces_a_failure(capsys, monkeypatch, tmp_path):
     """With a planted bug (BadQuorum), the campaign fails, names seeds and reruns them traced."""
     monkeypatch.setattr(proposer_module.ProposerCore, "quorum", property(lambda self: 1))
@@ -55,6 +58,15 @@ def test_bench_sim_prints_runs_per_minute(capsys):
     assert main(["bench", "sim", "--seconds", "1"]) == 0
     out = capsys.readouterr().out
     assert "runs_per_minute_tracing_off" in out and "ratio_on_to_off" in out
+
+
+def test_bench_replay_prints_rates_and_ratio_to_parsing(capsys):
+    assert main(["bench", "replay", "--seconds", "0.3", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["benchmark"] == "replay"
+    assert figures["events_large_run"] > figures["events_small_run"] > 0
+    assert figures["replay_events_per_second_large"] > 0 and figures["parse_json_loads_events_per_second"] > 0
+    assert figures["ratio_replay_to_parse"] > 0 and figures["ratio_large_to_small"] > 0
 
 
 def test_help_lists_the_new_commands(capsys):

@@ -15,6 +15,7 @@ import pytest
 
 from conformance.corpus import action_coverage, find_runs, spec_actions, trace_files
 from conformance.replay import check_run
+from impl.cli import main
 from impl.sim import run_seed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,3 +59,15 @@ def test_the_corpus_exercises_every_spec_action() -> None:
     coverage = action_coverage(find_runs([ACCEPTED]))
     assert set(coverage) == spec_actions()
     assert all(count > 0 for count in coverage.values()), coverage
+
+
+def test_check_judges_a_corpus_run_by_run(capsys: pytest.CaptureFixture[str]) -> None:
+    runs = len(find_runs([ACCEPTED]))
+    assert main(["check", str(ACCEPTED)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"{runs} runs: {runs} accepted, 0 rejected, 0 unreadable"
+    rejected = ROOT / "traces" / "rejected"
+    bad = len(find_runs([rejected]))
+    assert main(["check", str(rejected)]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == f"{bad} runs: 0 accepted, {bad} rejected, 0 unreadable"
+    assert main(["check", str(ACCEPTED), "--diagram", "x.svg"]) == 2
+    assert "--diagram needs a single run" in capsys.readouterr().err

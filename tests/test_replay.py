@@ -4,13 +4,38 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import cache
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from conformance.replay import TraceError, check_run, load_events
+from conformance import machine as M
+from conformance.replay import (
+    AppendRange,
+    Event,
+    TraceError,
+    _AppendNet,
+    _concat,
+    _model,
+    _Replayer,
+    accept_appends,
+    append_range,
+    check_run,
+    collect_ack,
+    flush,
+    load_events,
+    new_entries,
+    replay,
+    send_appends,
+    spec_messages,
+)
+from conformance.seq import Terms
+from conformance.tlc import Record
 from impl.cli import main
 from impl.sim import run_seed
+from naive_replay import naive_replay
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = sorted((ROOT / "traces" / "accepted" / "scenarios").iterdir())
@@ -164,3 +189,226 @@ def test_cli_check_exit_codes(capsys, tmp_path):
     assert main(["check", str(run)]) == 1
     assert "REJECTED at" in capsys.readouterr().out
     assert main(["check", str(tmp_path / "nope")]) == 2
+
+
+# ---------------------------------------------------------------------------------------
+# Speed without weakening: the derived steps equal the machine's, the fast replay the naive
+# one (tests/naive_replay.py: k single steps, Records, every invariant after every event)
+# ---------------------------------------------------------------------------------------
+
+MODEL = M.Model(("p1",), ("a1", "a2", "a3"))
+TERMS = st.lists(st.tuples(st.integers(1, 3), st.integers(1, 3)), max_size=4).map(Terms.from_runs)
+HISTORIES = st.lists(st.tuples(st.integers(0, 3), st.integers(1, 6)), min_size=1, max_size=3).map(
+    lambda h: tuple(Record(term=t, lsn=l) for t, l in h)
+)
+PHASES = st.sampled_from(("greeting", "campaign", "leader"))
+
+
+def _with(node: str, **values) -> M.State:
+    s = M.init(MODEL)
+    return s.with_(**{name: M._set(getattr(s, name), node, v) for name, v in values.items()})
+
+
+def _singles(action, s: M.State, args_list):
+    """Apply the machine's action once per args; (final state, first false conjunct or None)."""
+    for args in args_list:
+        t = M.ACTIONS[action](MODEL, s, *args)
+        if isinstance(t, M.Disabled):
+            return s, t.conjunct
+        s = t
+    return s, None
+
+
+@settings(max_examples=300, deadline=None)
+@given(phase=PHASES, term=st.integers(0, 3), wal=TERMS, k=st.integers(-1, 6))
+def test_new_entries_is_k_new_entry_steps(phase, term, wal, k):
+    s, disabled = _singles("NewEntry", _with("p1", prop_phase=phase, prop_term=term, prop_wal=wal), [("p1",)] * max(k, 0))
+    batched = new_entries(phase, term, wal, k)
+    if disabled:
+        assert isinstance(batched, M.Disabled) and batched.conjunct == disabled
+    else:
+        assert batched == s.prop_wal["p1"] and tuple(batched) == tuple(s.prop_wal["p1"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(phase=PHASES, term=st.integers(0, 3), wal=TERMS, commit=st.integers(1, 5), l=st.integers(-1, 14), k=st.integers(0, 6))
+def test_send_appends_is_k_send_append_steps(phase, term, wal, commit, l, k):
+    s0 = _with("p1", prop_phase=phase, prop_term=term, prop_wal=wal, prop_commit=commit)
+    s, disabled = _singles("SendAppend", s0, [("p1", l + i) for i in range(max(k, 1))])
+    batched = send_appends(phase, term, wal, commit, l, k)
+    if disabled:
+        assert isinstance(batched, M.Disabled) and batched.conjunct == disabled
+    else:
+        assert set(batched.records()) == s.msgs - s0.msgs
+        assert len(batched.records()) == max(k, 1)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    acc_term=st.integers(0, 2), history=HISTORIES, wal=TERMS, flush_at=st.integers(1, 8), commit=st.integers(1, 8),
+    m_term=st.integers(0, 2), lsn=st.integers(1, 12), entries=TERMS, m_commit=st.integers(1, 9),
+)
+def test_accept_appends_is_one_accept_append_per_message(acc_term, history, wal, flush_at, commit, m_term, lsn, entries, m_commit):
+    m = AppendRange(m_term, lsn, entries, m_commit, not entries.runs)
+    s0 = _with("a1", acc_term=acc_term, acc_history=history, acc_wal=wal, acc_flush=flush_at, acc_commit=commit)
+    s, disabled = _singles("AcceptAppend", s0, [("a1", one) for one in m.records()])
+    batched = accept_appends(acc_term, history, wal, flush_at, commit, m)
+    if disabled:
+        assert isinstance(batched, M.Disabled) and batched.conjunct == disabled
+    else:
+        assert batched == (s.acc_wal["a1"], s.acc_commit["a1"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(acc_term=st.integers(0, 2), history=HISTORIES, wal=TERMS, flush_at=st.integers(1, 8))
+def test_flush_is_the_machine_flush(acc_term, history, wal, flush_at):
+    s0 = _with("a1", acc_term=acc_term, acc_history=history, acc_wal=wal, acc_flush=flush_at)
+    t = M.Flush(MODEL, s0, "a1")
+    derived = flush("a1", acc_term, history, wal, flush_at)
+    if isinstance(t, M.Disabled):
+        assert isinstance(derived, M.Disabled) and derived.conjunct == t.conjunct
+    else:
+        f, ack = derived
+        assert f == t.acc_flush["a1"] and t.msgs - s0.msgs == ({ack} if ack else set())
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    phase=PHASES, term=st.integers(0, 2), history=HISTORIES, wal=TERMS, commit=st.integers(1, 6), log=TERMS,
+    acks=st.tuples(*[st.integers(0, 8)] * 3), m_type=st.sampled_from(("AppendResponse", "VoteResponse")),
+    m_from=st.sampled_from(MODEL.acceptors), m_term=st.integers(0, 2), m_flush=st.integers(0, 9),
+)
+def test_collect_ack_is_the_machine_collect_ack(phase, term, history, wal, commit, log, acks, m_type, m_from, m_term, m_flush):
+    acks = dict(zip(MODEL.acceptors, acks))
+    s0 = _with("p1", prop_phase=phase, prop_term=term, prop_history=history, prop_wal=wal, prop_commit=commit, prop_acks=Record(acks))
+    s0 = s0.with_(committed_log=log)
+    m = Record(type=m_type, term=m_term, flush=m_flush, **{"from": m_from})
+    t = M.CollectAck(MODEL, s0, "p1", m)
+    derived = collect_ack(MODEL, phase, term, history, wal, acks, commit, log, m)
+    if isinstance(t, M.Disabled):
+        assert isinstance(derived, M.Disabled) and derived.conjunct == t.conjunct
+    else:
+        assert derived == (dict(t.prop_acks["p1"].items()), t.prop_commit["p1"], t.committed_log)
+
+
+RANGES = st.builds(
+    AppendRange, st.integers(1, 2), st.integers(1, 8),
+    st.lists(st.tuples(st.integers(1, 2), st.integers(1, 3)), max_size=3).map(Terms.from_runs),
+    st.integers(1, 2), st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(sent=st.lists(RANGES, max_size=8), asked=st.lists(RANGES, max_size=8))
+def test_the_append_network_answers_as_a_set_of_records(sent, asked):
+    net, records = _AppendNet(), set()
+    for m in sent:
+        net.add(m)
+        records |= set(m.records())
+    for m in sent + asked:
+        assert (m in net) == (set(m.records()) <= records), m
+
+
+def test_a_logged_append_request_stands_for_spec_messages():
+    msg = {"type": "AppendRequest", "term": 2, "lsn": 3, "entries": [[1, 2], [2, 1]], "commit": 1}
+    assert set(append_range(msg).records()) == set(spec_messages(msg))
+    beat = dict(msg, entries=[])
+    assert set(append_range(beat).records()) == set(spec_messages(beat))
+    assert append_range(dict(msg, extra=1)) is None and append_range(dict(msg, entries=[[1, 2.5]])) is None
+
+
+def _verdict(result):
+    d = result.divergence
+    return ("accepted",) if d is None else ("rejected", d.event.file, d.event.line, d.reason, d.guard)
+
+
+CORPUS = sorted(
+    [p for p in (ROOT / "traces" / "accepted").glob("*/*") if p.is_dir()]
+    + [p for p in (ROOT / "traces" / "rejected").iterdir() if p.is_dir()]
+)
+
+
+@pytest.mark.parametrize("run", CORPUS, ids=[f"{p.parent.name}/{p.name}" for p in CORPUS])
+def test_the_fast_replay_judges_the_corpus_as_the_naive_one(run):
+    """Same verdict, event, reason and guard; and (paranoid) the incremental invariant
+    verdict equals the full one after every event."""
+    events, info = load_events([run])
+    assert _verdict(check_run([run], paranoid=True)) == naive_replay(events, info)
+    assert _verdict(replay(events, info)) == naive_replay(events, info)
+
+
+_EDITS = ("state", "args", "recv", "drop", "entries")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=st.sampled_from(SCENARIOS), pick=st.integers(0, 10_000), edit=st.sampled_from(_EDITS), delta=st.sampled_from((-2, -1, 1, 2)))
+def test_the_fast_replay_judges_edited_traces_as_the_naive_one(scenario, pick, edit, delta):
+    events, info = load_events([scenario])
+    events = [Event(json.loads(json.dumps(e.data)), e.file, e.line) for e in events]
+    event = events[pick % len(events)]
+    data = event.data
+    if edit == "drop":
+        events.remove(event)
+    elif edit == "state":
+        ints = [k for k, v in data["state"].items() if type(v) is int]
+        if ints:
+            data["state"][ints[pick % len(ints)]] += delta
+    elif edit == "args":
+        ints = [k for k, v in data["args"].items() if type(v) is int]
+        if ints:
+            data["args"][ints[pick % len(ints)]] += delta
+    elif edit == "recv":
+        ids = [s["id"] for e in events for s in e.data["sent"]]
+        data["recv"] = ids[(pick + delta) % len(ids)]
+    elif edit == "entries":
+        for sent in data["sent"]:
+            if sent["msg"]["type"] == "AppendRequest" and sent["msg"]["entries"]:
+                sent["msg"]["entries"][-1][1] = max(1, sent["msg"]["entries"][-1][1] + delta)
+    try:
+        naive = naive_replay(events, info)
+    except ValueError:  # the naive replay cannot unpack k > 1 messages for a one-message action
+        assert replay(events, info, paranoid=True).verdict == "rejected"
+        return
+    assert _verdict(replay(events, info, paranoid=True)) == naive
+
+
+@cache
+def _loaded(run: Path) -> tuple[list[Event], dict | None]:
+    return load_events([run])
+
+
+ACCEPTED = sorted(p for p in (ROOT / "traces" / "accepted").glob("*/*") if p.is_dir())
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    run=st.sampled_from(ACCEPTED), pick=st.integers(0, 10_000), more=TERMS, cut=st.integers(0, 40),
+    d_commit=st.integers(-3, 3), d_flush=st.integers(-3, 3), log_edit=st.sampled_from(("same", "extend", "cut", "other")),
+)
+def test_incremental_invariants_equal_the_full_check(run, pick, more, cut, d_commit, d_flush, log_edit):
+    """From a reachable state (an accepted prefix), change one node's variables and the
+    committed log as a derived step may; the incremental verdict must be the full one."""
+    events, info = _loaded(run)
+    model = _model(events, info)
+    r = _Replayer(model)
+    for e in events[: pick % len(events)]:
+        if e.action != "LoseMessage":
+            r.apply(e.data)
+    assert r.check_full() == []
+    nodes = model.proposers + model.acceptors
+    node = nodes[pick % len(nodes)]
+    vals = r.vars[node]
+    before, committed = list(vals), r.committed_log
+    wal_at, commit_at = (4, 6) if node in model.proposers else (2, 4)
+    vals[wal_at] = _concat(vals[wal_at][:cut], more) if cut % 3 else vals[wal_at]
+    vals[commit_at] = max(1, vals[commit_at] + d_commit)
+    if node in model.acceptors and d_flush:
+        vals[3] = max(1, vals[3] + d_flush)
+    if log_edit == "extend":
+        r.committed_log = _concat(committed, more)
+    elif log_edit == "cut":
+        r.committed_log = committed[:cut]
+    elif log_edit == "other":
+        r.committed_log = more
+    assert r.check_incremental(node, before, committed) == M.invariants(model, r.state())
+    assert r.holders == {a: r._holds(a) for a in model.acceptors}  # CommittedNeverLost's cache
