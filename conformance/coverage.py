@@ -148,6 +148,8 @@ def record_model_states(
     for value in _printed(result.output):
         _, (prop_vars, acc_vars, ghost_vars) = value
         digests.add(digest(prop_vars + acc_vars + ghost_vars, nodes["Proposers"], nodes["Acceptors"]))
+    if not digests:
+        raise RuntimeError("TLC on the coverage model printed no projection (did Cover run?)")
     states = ModelStates(spec_stamp(spec_dir), nodes["Proposers"], nodes["Acceptors"], frozenset(digests), result.distinct_states)
     out.write_text(json.dumps({
         "about": "CI-model states projected on node variables and ghosts, up to symmetry: see conformance/coverage.py",
@@ -160,22 +162,23 @@ def record_model_states(
     return states
 
 
+_PRINTED = re.compile(r'<<\s*"projection",')
+
+
 def _printed(output: str) -> Iterable[Any]:
-    """The values Cover printed: each starts a line with <<"projection", and may span lines
-    (PrintT writes each at once, so nothing else interleaves)."""
+    """The values Cover printed.  Each starts a line with `<< "projection",`; TLC's pretty
+    printer indents the lines that continue a value, and PrintT writes a value at once, so a
+    value is its first line and the indented lines after it."""
     chunk: list[str] = []
-    for line in output.splitlines():
-        if not chunk and not line.startswith('<<"projection",'):
+    for line in [*output.splitlines(), ""]:
+        if chunk and line[:1].isspace():
+            chunk.append(line)
             continue
-        chunk.append(line)
-        try:
-            value = parse_value("\n".join(chunk))
-        except ValueError:
-            continue  # not complete yet
-        chunk = []
-        yield value
-    if chunk:
-        raise ValueError(f"TLC's output ends inside a printed projection: {chunk[0][:80]}...")
+        if chunk:
+            yield parse_value("\n".join(chunk))
+            chunk = []
+        if _PRINTED.match(line):
+            chunk = [line]
 
 
 @attrs.define
