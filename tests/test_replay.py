@@ -27,6 +27,7 @@ from conformance.replay import (
     flush,
     load_events,
     new_entries,
+    quorum_flush,
     replay,
     send_appends,
     spec_messages,
@@ -289,6 +290,25 @@ def test_collect_ack_is_the_machine_collect_ack(phase, term, history, wal, commi
         assert isinstance(derived, M.Disabled) and derived.conjunct == t.conjunct
     else:
         assert derived == (dict(t.prop_acks["p1"].items()), t.prop_commit["p1"], t.committed_log)
+
+
+@settings(max_examples=300, deadline=None)
+@given(acks=st.lists(st.integers(0, 9), min_size=1, max_size=7))
+def test_quorum_flush_is_the_machine_quorum_flush(acks):
+    model = M.Model(("p1",), tuple(f"a{i}" for i in range(len(acks))))
+    assert quorum_flush(acks) == M.QuorumFlush(model, dict(zip(model.acceptors, acks)))
+
+
+@settings(max_examples=500, deadline=None)
+@given(history=HISTORIES, wal=TERMS)
+def test_log_matches_history_by_prefix_is_the_machine_check(history, wal):
+    r = _Replayer(MODEL)
+    expected = wal == M.WalFromHistory(history, len(wal) + 1)
+    assert r._matches_history(history, wal) == expected
+    assert r._matches_history(history, wal) == expected  # from the cache
+    own = M.WalFromHistory(history, 5)
+    if len(own) == 4:  # a history whose WAL has the length asked for (not so when malformed)
+        assert r._matches_history(history, own)
 
 
 RANGES = st.builds(
