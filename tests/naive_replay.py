@@ -72,7 +72,10 @@ class _Replayer:
         elif action in ("StartCampaign", "BecomeLeader", "Flush"):
             self._step(action, node)
         elif action == "NewEntry":
-            for _ in range(args.get("entries", 1)):
+            k = args.get("entries", 1)
+            if type(k) is not int or k < 1:  # an event is at least one step (as TLC's trace module)
+                raise _Reject(f"NewEntry's entries must be a positive integer, not {k!r}")
+            for _ in range(k):
                 self._step(action, node)
         elif action == "SendAppend":
             count = args.get("entries", 1)
