@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup java test demo tlc tlc-full mutants sim bench soak clean
+.PHONY: setup java test demo tlc tlc-full mutants impl-mutants check coverage sim bench soak clean
 
 setup: $(STAMP) java
 
@@ -26,6 +26,9 @@ test: setup
 
 demo: setup
 	$(BIN)/paxwal sim --seeds 0:500
+	$(BIN)/paxwal check traces/accepted
+	$(BIN)/paxwal mutants
+	$(BIN)/paxwal coverage --sim 0:100
 	$(BIN)/paxwal tlc check
 	$(BIN)/paxwal tlc mutants
 
@@ -37,6 +40,18 @@ tlc-full: setup
 
 mutants: setup
 	$(BIN)/paxwal tlc mutants
+
+# The implementation mutants: deliberate bugs in the cores, each must be caught by the checker.
+impl-mutants: setup
+	$(BIN)/paxwal mutants
+
+# The accepted corpus through both checkers: the replay, then TLC.
+check: setup
+	$(BIN)/paxwal check traces/accepted
+	$(BIN)/paxwal check --tlc traces/accepted
+
+coverage: setup
+	$(BIN)/paxwal coverage --sim 0:100
 
 # A campaign of simulated runs (the issue's bar: 500 seeds, no failure).
 sim: setup
