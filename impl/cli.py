@@ -734,7 +734,7 @@ def _add_coverage_commands(commands: argparse._SubParsersAction) -> None:
     )
     coverage.add_argument(
         "--model-states", action="store_true",
-        help=f"first record the CI model's states with TLC (spec/MCCoverage.tla, about 10 minutes) into {MODEL_FILE.name}",
+        help=f"first record the CI model's states with TLC (spec/MCCoverage.tla, about 4 minutes) into {MODEL_FILE.name}",
     )
     coverage.set_defaults(handler=_cmd_coverage)
 

@@ -13,6 +13,7 @@ import pytest
 
 from conformance.replay import events_in_memory, replay
 from impl.sim import Sim
+from s3server import s3_server  # noqa: F401 (a session fixture: weed mini for the S3 tests)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
