@@ -16,7 +16,8 @@ from typing import TypeAlias
 import attrs
 
 from impl.control import ControlState
-from impl.wire import Message, describe as describe_message, format_lsn
+# MsgMeta travels in frames, so it lives with the wire format; re-exported for the cores.
+from impl.wire import Message, MsgMeta, describe as describe_message, format_lsn
 
 __all__ = [
     "Close",
@@ -34,18 +35,6 @@ __all__ = [
     "WriteWal",
     "describe",
 ]
-
-
-@attrs.frozen
-class MsgMeta:
-    """A traced message's identity: a globally unique id and its sender's Lamport clock.
-
-    Present only when the sender traces; the shell carries it beside the message (in the
-    simulator's envelope) and hands it to the receiver's `receive`.
-    """
-
-    id: str
-    lc: int
 
 
 @attrs.frozen

@@ -26,14 +26,21 @@ A frame is one message on a byte stream::
     +-------------------+-----------+-------------------------------------------+
     | length: 4 bytes,  | version:  | body: one CBOR item,                       |
     | big-endian, = the | 1 byte    | [type_name, {field_name: value, ...}]      |
-    | bytes after it    |           |                                            |
+    | bytes after it    |           | or [type_name, {...}, [trace_id, lc]]      |
     +-------------------+-----------+-------------------------------------------+
+
+The optional third element is the message's trace identity (`MsgMeta`), present when the
+sender traces: its run-unique id ``<node>:<n>`` and the sender's Lamport clock.  It travels
+with the message so that a receiver's trace names the very id the sender's trace recorded
+(impl/trace.py pairs them); it is not part of the message, so `Message` classes never see
+it, and `decode_frame`/`FrameDecoder.next_frame` hand it out beside the message.
 
 Field values are CBOR unsigned integers (terms, LSNs), text strings (node ids), a byte string
 (`wal`) and, for a term history, an array of `[term, lsn]` arrays.  Nothing else appears:
 no floats, no tags, no indefinite lengths, no duplicate keys.
 
-Version rule: the version byte must equal `PROTOCOL_VERSION` exactly.  There is no
+Version rule: the version byte must equal `PROTOCOL_VERSION` exactly (2 since frames carry
+trace metadata; version 1 had no third element).  There is no
 negotiation: a cluster runs one build, and since decoders reject unknown types and unknown
 fields, *any* change to a message (a new field, a new type, a new meaning) bumps the version.
 The byte is in every frame, not only the first, so a frame from a mismatched or confused peer
@@ -47,8 +54,9 @@ unsigned 64-bit (LSNs are 64-bit in Postgres; terms are too, so both fit any pee
 Node ids are 1 to 64 printable ASCII characters without spaces, because `describe` puts them
 in one space-separated line.
 
-Validation guarantee: `decode` and `FrameDecoder.next_message` either return a fully valid
-message or raise `ProtocolError` naming the problem (and the field, if one is at fault).
+Validation guarantee: `decode`, `decode_frame`, `FrameDecoder.next_message` and `next_frame`
+either return a fully valid message (and meta) or raise `ProtocolError` naming the problem
+(and the field, if one is at fault).
 Garbage never escapes as another exception and never yields a partly built message.
 
 Messages and the spec
@@ -120,18 +128,21 @@ __all__ = [
     "ProtocolError",
     "TermSwitch",
     "IMPLEMENTATION_ONLY",
+    "Frame",
+    "MsgMeta",
     "VoteRequest",
     "VoteResponse",
     "WalData",
     "WalRead",
     "decode",
+    "decode_frame",
     "describe",
     "encode",
     "format_lsn",
 ]
 
 # The version byte of every frame.  Bump it on any change to any message (see "Version rule").
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # Upper bound on a frame's length prefix (the bytes after it).  It bounds the memory one
 # connection can make us buffer, and it must stay above the largest AppendRequest the proposer
@@ -524,6 +535,52 @@ _FIELDS: Mapping[type, tuple[str, ...]] = MappingProxyType(
 
 
 # ---------------------------------------------------------------------------------------------
+# Trace metadata and frames
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_trace_id(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    """impl/trace.py's id: ``<node>:<n>``, a node id and a message counter from 1."""
+    if type(value) is not str:
+        _fail(instance, attribute.name, f"expected a trace id string, got {_show(value)}")
+    node, sep, count = value.rpartition(":")
+    # A node id may itself hold ':' (it is printable ASCII), so the counter is what follows
+    # the last one; its spelling is unique (no sign, no leading zero) like the tracer's.
+    if not sep or not count.isascii() or not count.isdigit() or count[0] == "0" or len(count) > 20:
+        _fail(instance, attribute.name, f"expected <node>:<n> with n >= 1, got {_show(value)}")
+    _check_node_id(instance, attrs.fields(MsgMeta).id, node)
+    if int(count) > _U64_MAX:
+        _fail(instance, attribute.name, f"counter of {_show(value)} is outside the unsigned 64-bit range")
+
+
+def _check_clock(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    _check_u64(instance, attribute, value)
+    # A sent message carries its event's clock, and an event's clock is at least 1.
+    if value == 0:
+        _fail(instance, attribute.name, "a Lamport clock of a sent message is >= 1")
+
+
+@attrs.frozen
+class MsgMeta:
+    """A traced message's identity: a globally unique id and its sender's Lamport clock.
+
+    Present only when the sender traces.  The simulator carries it in its envelope, the
+    trio shells in the frame (see "Frames"); either hands it to the receiver's `receive`.
+    """
+
+    id: str = attrs.field(validator=_check_trace_id)
+    lc: int = attrs.field(validator=_check_clock)
+
+
+@attrs.frozen
+class Frame:
+    """One decoded frame: the message and, if the sender traces, its `MsgMeta`."""
+
+    message: Message
+    meta: MsgMeta | None = None
+
+
+# ---------------------------------------------------------------------------------------------
 # Rendering
 # ---------------------------------------------------------------------------------------------
 
@@ -614,17 +671,18 @@ def describe(msg: Message) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def encode(msg: Message) -> bytes:
+def encode(msg: Message, meta: MsgMeta | None = None) -> bytes:
     """Encode one message as one frame: length prefix, version byte, CBOR body.
 
     Args:
         msg: any message (already valid: its constructor checked it).
+        meta: its trace identity, if the sender traces (the `Send` effect's meta).
 
     Returns:
         The frame, ready to be written to the connection as is.
 
     Raises:
-        TypeError: `msg` is not a message.
+        TypeError: `msg` is not a message, or `meta` is not a MsgMeta.
         ValueError: the frame would exceed MAX_FRAME (the proposer built too large an
             AppendRequest); every peer would refuse it, so it is refused here.
     """
@@ -638,7 +696,12 @@ def encode(msg: Message) -> bytes:
         if name == "term_history":
             value = [[s.term, s.lsn] for s in value]
         fields[name] = value
-    body = cbor2.dumps([cls.__name__, fields])
+    item: list[object] = [cls.__name__, fields]
+    if meta is not None:
+        if type(meta) is not MsgMeta:
+            raise TypeError(f"meta must be a MsgMeta, not {type(meta).__name__}")
+        item.append([meta.id, meta.lc])
+    body = cbor2.dumps(item)
     length = 1 + len(body)
     if length > MAX_FRAME:
         raise ValueError(
@@ -718,13 +781,23 @@ def _history_from_wire(cls_name: str, value: object) -> object:
     return tuple(switches)
 
 
-def _message_from_body(item: object) -> Message:
-    """Check the body's shape, then let the class's own constructor check the values."""
-    if type(item) is not list or len(item) != 2:
+def _meta_from_wire(value: object) -> MsgMeta:
+    if type(value) is not list or len(value) != 2:
+        raise ProtocolError(f"trace meta must be a [trace_id, lc] pair, got {_show(value)}")
+    return MsgMeta(*value)
+
+
+def _frame_from_body(item: object) -> Frame:
+    """Check the body's shape, then let the classes' own constructors check the values."""
+    if type(item) is not list or len(item) not in (2, 3):
         raise ProtocolError(
-            f"body must be a 2-element list [type, fields], got {_show(item)}"
+            f"body must be a list [type, fields] or [type, fields, [trace_id, lc]], got {_show(item)}"
         )
-    name, fields = item
+    meta = _meta_from_wire(item[2]) if len(item) == 3 else None
+    return Frame(_message_from_body(item[0], item[1]), meta)
+
+
+def _message_from_body(name: object, fields: object) -> Message:
     if type(name) is not str:
         raise ProtocolError(f"message type must be a string, got {_show(name)}")
     cls = MESSAGE_TYPES.get(name)
@@ -755,22 +828,27 @@ def _message_from_body(item: object) -> Message:
         raise ProtocolError(f"{name}: invalid fields: {exc}") from exc
 
 
-def _decode_payload(version: int, body: bytes) -> Message:
+def _decode_payload(version: int, body: bytes) -> Frame:
     if version != PROTOCOL_VERSION:
         raise ProtocolError(
             f"unsupported protocol version {version} (this side speaks {PROTOCOL_VERSION})"
         )
-    return _message_from_body(_load_body(body))
+    return _frame_from_body(_load_body(body))
 
 
 def decode(frame: bytes) -> Message:
+    """`decode_frame`, for callers that need only the message (its trace meta is dropped)."""
+    return decode_frame(frame).message
+
+
+def decode_frame(frame: bytes) -> Frame:
     """Decode exactly one complete frame, as `encode` produced it.
 
     Args:
         frame: the frame's bytes: length prefix, version byte, body, and nothing more.
 
     Returns:
-        The message, fully validated.
+        The message and its trace meta (None if the sender sent none), fully validated.
 
     Raises:
         ProtocolError: the frame is short, oversize, followed by trailing bytes, of another
@@ -791,7 +869,7 @@ def decode(frame: bytes) -> Message:
 class FrameDecoder:
     """Turns the bytes of one connection into messages, sans-IO (like h11's receive side).
 
-    Usage: the shell reads from the socket, calls `feed(data)`, then calls `next_message()`
+    Usage: the shell reads from the socket, calls `feed(data)`, then calls `next_frame()`
     until it returns None (read more), and calls `eof()` when the peer closes.  Any
     ProtocolError is sticky: the decoder refuses all further work, as the connection must be
     closed (a stream that was misframed once cannot be resynchronised).
@@ -849,11 +927,16 @@ class FrameDecoder:
             self._frame_end = start + _PREFIX_LEN + length
 
     def next_message(self) -> Message | None:
-        """Take the next complete message out of the buffer.
+        """`next_frame`, for callers that need only the message (its trace meta is dropped)."""
+        frame = self.next_frame()
+        return None if frame is None else frame.message
+
+    def next_frame(self) -> Frame | None:
+        """Take the next complete frame out of the buffer.
 
         Returns:
-            The message, fully validated; or None if no complete frame is buffered yet
-            (read more and `feed` it).
+            The message with its trace meta, fully validated; or None if no complete frame
+            is buffered yet (read more and `feed` it).
 
         Raises:
             ProtocolError: the frame is not a valid message of this version, or the decoder

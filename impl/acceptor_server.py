@@ -1,0 +1,372 @@
+"""The acceptor's trio shell: an `AcceptorCore` behind a TCP listener (DESIGN §4).
+
+Theory of operation
+===================
+
+Rules of this file:
+
+1. The core decides, the shell only runs effects.  One task, the driver, owns the core: every
+   call to it (`receive`, `on_flushed`, `on_persisted`, `on_disconnected`) happens there, in
+   the order the driver takes events from one memory channel, the inbox.  Connection tasks
+   only decode frames into the inbox and write frames out of their outbox.
+2. Effects run as the simulator runs them (impl/sim.py `_acceptor_effects`): in order, the
+   storage ones in `trio.to_thread.run_sync` (never abandoned on cancel: a started fsync
+   finishes), and the completion of a `Flush` or `PersistControl` is called after the rest
+   of its batch ran, as the simulator's delayed completion is.  A reply that needs
+   durability comes out of that completion, so it is never sent before its fsync.
+3. A slow or dead peer blocks nobody.  A `Send` is put in that connection's bounded outbox
+   without waiting; a connection whose outbox is full is closed (its proposer stopped
+   reading; it will reconnect and be re-sent what it needs).  Readers block on the bounded
+   inbox, which pushes back on fast writers through TCP and nothing else.
+4. A bad peer costs only its connection.  A `ProtocolError` (a malformed frame from the
+   decoder, a refused message from the core) and a `Close` effect close that connection with
+   the reason logged; the core is told with `on_disconnected`.  Frames still in its outbox
+   are dropped with it: waiting to deliver them to a peer we refuse could wait forever.
+5. Peer ids are proposer ids.  A connection is anonymous until its first message names its
+   proposer (every message an acceptor takes has a `proposer` field); from then on the
+   connection is that proposer's, and a message naming another proposer is a ProtocolError.
+   A second connection naming the same proposer replaces the first (a restarted proposer is
+   quicker than our EOF on its old socket): the old one is closed and the core told it is
+   gone before the new one is bound, so nothing owed to the old incarnation reaches the new.
+6. Traces are written before their sends leave.  The core's tracer writes an event (a
+   line-buffered ndjson line) when the action takes effect, inside the core call whose
+   effects carry the stamped sends, so a kill -9 never leaves a receiver holding a message
+   id whose send is missing from the trace.  A restarted acceptor resumes its Lamport clock
+   and message counter from its trace file, so ids stay unique across restarts.
+
+Group commit: a `Flush` covers every `WriteWal` run since the previous one; `stats` counts
+fsyncs and how many writes each covered.  How many that is depends on the core: it writes
+what it queued during an fsync only as far as its next durable operation (impl/acceptor.py
+rule 2).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+import trio
+
+from impl.acceptor import AcceptorCore, open_acceptor
+from impl.control import ControlState, FileControlStorage
+from impl.effects import (
+    Close,
+    Effects,
+    Flush,
+    PersistControl,
+    Send,
+    SendWal,
+    TruncateWal,
+    WriteWal,
+)
+from impl.storage import CorruptStorage
+from impl.trace import JsonlWriter, Tracer, read_events
+from impl.wal import DEFAULT_SEGMENT_SIZE, FileWal
+from impl.wire import Frame, FrameDecoder, ProtocolError, WalData, encode, format_lsn
+
+__all__ = ["AcceptorServer", "GroupCommitStats", "serve_acceptor"]
+
+log = logging.getLogger("paxwal.acceptor")
+
+# Frames one connection may have waiting to be written.  Acks are small and a proposer
+# reads continuously, so only a peer that stopped reading fills this; it is then closed.
+OUTBOX_FRAMES = 1024
+
+# Decoded frames waiting for the driver, from all connections.  While the driver waits for
+# an fsync they queue here (then in the core's backlog), and a full inbox stops the readers.
+INBOX_EVENTS = 256
+
+# Bytes asked of the socket per read: an AppendRequest of Neon's 128 KiB in a few reads.
+READ_SIZE = 64 * 1024
+
+
+@attrs.define
+class GroupCommitStats:
+    """What the fsyncs covered, for tests and benchmarks.
+
+    Attributes:
+        fsyncs: WAL flushes run.
+        writes: WAL writes run (one per AppendRequest that brought new bytes).
+        writes_per_fsync: histogram: writes covered by one fsync -> number of such fsyncs.
+    """
+
+    fsyncs: int = 0
+    writes: int = 0
+    writes_per_fsync: collections.Counter[int] = attrs.field(factory=collections.Counter)
+
+
+@attrs.define(eq=False)
+class _Connection:
+    name: str  # the peer's address, for logs
+    stream: trio.SocketStream
+    outbox: trio.MemorySendChannel[bytes]
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    peer: str | None = None  # the proposer it speaks for, once it said so (rule 5)
+    closed: bool = False
+
+
+@attrs.frozen
+class _Received:
+    conn: _Connection
+    frame: Frame
+
+
+@attrs.frozen
+class _Lost:
+    conn: _Connection
+    reason: str
+
+
+class AcceptorServer:
+    """One running acceptor: its core, its storage and its connections.
+
+    Built and run by `serve_acceptor`, which hands it to the caller through
+    `task_status.started`.
+
+    Attributes (read-only):
+        core: the AcceptorCore (read its state from the driver's side only: between awaits).
+        port: the TCP port it listens on.
+        stats: group-commit counters.
+    """
+
+    def __init__(self, core: AcceptorCore, wal: FileWal, control: FileControlStorage, port: int) -> None:
+        self.core = core
+        self.port = port
+        self.stats = GroupCommitStats()
+        self._wal = wal
+        self._control = control
+        self._peers: dict[str, _Connection] = {}
+        self._unflushed_writes = 0
+        self._inbox_send, self._inbox = trio.open_memory_channel[_Received | _Lost](INBOX_EVENTS)
+
+    # -----------------------------------------------------------------------------------
+    # The driver (rule 1)
+    # -----------------------------------------------------------------------------------
+
+    async def _drive(self) -> None:
+        async for event in self._inbox:
+            match event:
+                case _Received(conn=conn, frame=frame):
+                    await self._received(conn, frame)
+                case _Lost(conn=conn, reason=reason):
+                    await self._drop(conn, reason)
+
+    async def _received(self, conn: _Connection, frame: Frame) -> None:
+        if conn.closed:
+            return  # decoded before we closed it: the core has forgotten this connection
+        msg = frame.message
+        try:
+            peer = await self._bind(conn, getattr(msg, "proposer", None), type(msg).__name__)
+            effects = self.core.receive(peer, msg, frame.meta)
+        except ProtocolError as exc:
+            await self._drop(conn, f"protocol error: {exc}")
+            return
+        await self._run(effects)
+
+    async def _bind(self, conn: _Connection, claimed: str | None, kind: str) -> str:
+        """The proposer id this connection speaks for (rule 5)."""
+        if claimed is None:
+            if conn.peer is None:
+                raise ProtocolError(f"{kind} names no proposer; an acceptor takes only proposer messages")
+            return conn.peer  # the core refuses it by its type
+        if conn.peer is not None:
+            if claimed != conn.peer:
+                raise ProtocolError(f"{kind} of proposer {claimed} on the connection of {conn.peer}")
+            return claimed
+        previous = self._peers.get(claimed)
+        if previous is not None:
+            await self._drop(previous, f"replaced by a new connection of {claimed} from {conn.name}")
+        conn.peer = claimed
+        self._peers[claimed] = conn
+        return claimed
+
+    async def _drop(self, conn: _Connection, reason: str) -> None:
+        """Close `conn` (once) and tell the core its proposer is gone (rule 4)."""
+        if conn.closed:
+            return
+        conn.closed = True
+        log.info("connection %s (%s) closed: %s", conn.name, conn.peer or "unnamed", reason)
+        conn.scope.cancel()
+        conn.outbox.close()
+        if conn.peer is not None and self._peers.get(conn.peer) is conn:
+            del self._peers[conn.peer]
+            await self._run(self.core.on_disconnected(conn.peer))
+
+    # -----------------------------------------------------------------------------------
+    # Effects (rule 2)
+    # -----------------------------------------------------------------------------------
+
+    async def _run(self, effects: Effects) -> None:
+        batch = collections.deque(effects)
+        while batch:
+            completion = None
+            while batch:
+                completion = await self._execute(batch.popleft()) or completion
+            if completion is not None:
+                batch.extend(completion())
+
+    async def _execute(self, effect: Any) -> Any:
+        """Run one effect; return the core's completion to call once its batch ran, if any."""
+        match effect:
+            case Send(to=to, msg=msg, meta=meta):
+                await self._send(to, encode(msg, meta))
+            case Close(peer=peer, reason=reason):
+                conn = self._peers.get(peer)
+                if conn is not None:
+                    await self._drop(conn, f"refused: {reason}")
+            case WriteWal(lsn=lsn, data=data):
+                await trio.to_thread.run_sync(self._wal.write, lsn, data)
+                self.stats.writes += 1
+                self._unflushed_writes += 1
+            case TruncateWal(lsn=lsn):
+                await trio.to_thread.run_sync(self._wal.truncate, lsn)
+            case Flush():
+                await trio.to_thread.run_sync(self._wal.flush)
+                self.stats.fsyncs += 1
+                self.stats.writes_per_fsync[self._unflushed_writes] += 1
+                self._unflushed_writes = 0
+                return self.core.on_flushed
+            case PersistControl(state=state):
+                await trio.to_thread.run_sync(self._control.store, state)
+                return self.core.on_persisted
+            case SendWal(to=to, term=term, begin_lsn=begin, end_lsn=end):
+                wal = await trio.to_thread.run_sync(self._wal.read, begin, end)
+                data = WalData(acceptor=self.core.node, term=term, begin_lsn=begin, end_lsn=end, wal=wal)
+                await self._send(to, encode(data))
+            case _:
+                raise AssertionError(f"unexpected acceptor effect {effect!r}")
+        return None
+
+    async def _send(self, peer: str, frame: bytes) -> None:
+        """Queue `frame` for `peer`'s connection without waiting (rule 3)."""
+        conn = self._peers.get(peer)
+        if conn is None:
+            return  # no connection: the message is lost, as the network may lose it
+        try:
+            conn.outbox.send_nowait(frame)
+        except trio.WouldBlock:
+            await self._drop(conn, f"outbox full ({OUTBOX_FRAMES} frames): the peer is not reading")
+
+    # -----------------------------------------------------------------------------------
+    # Connections
+    # -----------------------------------------------------------------------------------
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        host, port, *_ = stream.socket.getpeername()
+        outbox, outgoing = trio.open_memory_channel[bytes](OUTBOX_FRAMES)
+        conn = _Connection(f"{host}:{port}", stream, outbox)
+        log.info("connection %s opened", conn.name)
+        try:
+            with conn.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read, conn)
+                    nursery.start_soon(self._write, conn, outgoing)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _read(self, conn: _Connection) -> None:
+        decoder = FrameDecoder()
+        try:
+            while data := await conn.stream.receive_some(READ_SIZE):
+                decoder.feed(data)
+                while (frame := decoder.next_frame()) is not None:
+                    await self._inbox_send.send(_Received(conn, frame))
+            decoder.eof()
+            reason = "closed by the peer"
+        except ProtocolError as exc:
+            reason = f"protocol error: {exc}"
+        except trio.BrokenResourceError as exc:
+            reason = f"read failed: {exc!r}"
+        await self._inbox_send.send(_Lost(conn, reason))
+
+    async def _write(self, conn: _Connection, outgoing: trio.MemoryReceiveChannel[bytes]) -> None:
+        try:
+            async for frame in outgoing:
+                await conn.stream.send_all(frame)
+        except trio.BrokenResourceError as exc:
+            await self._inbox_send.send(_Lost(conn, f"write failed: {exc!r}"))
+
+
+def _resume_tracer(node: str, wal_start: int, path: Path, stream: IO[str]) -> Tracer:
+    """A tracer writing to `stream` that continues the clock and ids of `path`'s events."""
+    with path.open(encoding="utf-8") as old:
+        try:
+            events = read_events(old)
+        except json.JSONDecodeError as exc:
+            raise CorruptStorage(f"trace file {path}: line {exc.lineno} is not JSON: {exc.msg}") from None
+    lc = max((event["lc"] for event in events), default=0)
+    sent = max((int(m["id"].rpartition(":")[2]) for event in events for m in event["sent"]), default=0)
+    return Tracer(node, wal_start, JsonlWriter(stream), lc=lc, sent=sent)
+
+
+async def serve_acceptor(
+    node: str,
+    data_dir: str | os.PathLike[str],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    wal_start: int = 0,
+    trace_path: str | os.PathLike[str] | None = None,
+    *,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    task_status: trio.TaskStatus[AcceptorServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run acceptor `node` on `data_dir`, serving proposers on `host`:`port`, until cancelled.
+
+    Args:
+        node: the acceptor's id.
+        data_dir: its control file and WAL segments (created if empty).
+        host, port: where to listen; port 0 picks a free one (see `AcceptorServer.port`).
+        wal_start: where a fresh WAL starts (the cluster's configuration).
+        trace_path: append the node's trace here (ndjson), or None for no trace.
+        segment_size: the WAL's segment size (the cluster's configuration).
+        task_status: `started(server)` once it listens (use with `nursery.start`).
+
+    Resource handling:
+        Runs until cancelled.  A storage operation in progress at cancellation finishes
+        first; then every connection is closed and the WAL and trace file with them.
+
+    Error handling:
+        Raises CorruptStorage before listening if the directory is damaged (the message
+        names the file and the problem), or OSError if the port cannot be bound.  A bad or
+        vanished peer closes only its connection, logged (see the module docstring).
+    """
+    with contextlib.ExitStack() as stack:
+        tracer = None
+        if trace_path is not None:
+            path = Path(trace_path)
+            # Line-buffered: each event reaches the kernel before the core returns its sends.
+            stream = stack.enter_context(path.open("a", buffering=1, encoding="utf-8"))
+            tracer = _resume_tracer(node, wal_start, path, stream)
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        core, startup, wal, control = open_acceptor(data_dir, node, wal_start, tracer, segment_size)
+        stack.callback(wal.close)
+        if control.load() is None:
+            # open_acceptor created a fresh WAL but stores no control file until the first
+            # vote, and refuses a WAL without one: store Init's state now, so a node stopped
+            # before any vote can start again.  (A crash between the two still leaves a
+            # directory it refuses; the cure belongs in open_acceptor.)
+            initial = ControlState(
+                node_id=node, term=0, term_history=((0, wal_start),), flush_lsn=wal_start,
+                commit_lsn=wal_start, truncate_pending_lsn=None,
+            )
+            await trio.to_thread.run_sync(control.store, initial)
+        if core.wal_start != wal_start:
+            raise CorruptStorage(
+                f"acceptor {node}: {data_dir} holds a WAL starting at {format_lsn(core.wal_start)},"
+                f" not at the configured {format_lsn(wal_start)}"
+            )
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        server = AcceptorServer(core, wal, control, listeners[0].socket.getsockname()[1])
+        await server._run(startup)  # an interrupted truncation is finished before anyone talks
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server._drive)
+            await nursery.start(trio.serve_listeners, server._serve_connection, listeners)
+            log.info("acceptor %s listening on %s:%d (term %d, flush %s)", node, host, server.port,
+                     core.term, format_lsn(core.flush_lsn))
+            task_status.started(server)
