@@ -106,19 +106,45 @@ class Terms(Sequence[int]):
             runs = self.runs + more.runs
         return Terms._of(runs, self._len + more._len)
 
-    def starts_with(self, prefix: Terms) -> bool:
-        """Whether `prefix` is a prefix of this sequence (IsPrefix(prefix, self)), run by run."""
-        if prefix._len > self._len:
+    def starts_with(self, prefix: Terms, n: int | None = None) -> bool:
+        """Whether prefix[: n] (all of `prefix` by default) is a prefix of this sequence
+        (IsPrefix(prefix[: n], self)), run by run and without building the slice."""
+        if n is not None:
+            n = slice(n).indices(prefix._len)[1]  # what prefix[: n] keeps
+        else:
+            n = prefix._len
+        if n > self._len:
             return False
-        runs, mine = prefix.runs, self.runs
-        if not runs:
-            return True
-        last = len(runs) - 1
-        for i, (term, count) in enumerate(runs):
-            t, n = mine[i]
-            if t != term or (n != count if i < last else n < count):
+        mine = self.runs
+        left = n
+        for i, (term, count) in enumerate(prefix.runs):
+            if left <= 0:
+                return True
+            t, c = mine[i]
+            if t != term:
                 return False
+            if count >= left:  # the slice's last run: it may stop inside ours
+                return c >= left
+            if c != count:  # a whole run of the slice, followed by another term
+                return False
+            left -= count
         return True
+
+    def segment(self, begin: int, end: int) -> Terms:
+        """The entries at 0-based positions begin..end-1 that exist (self[begin:end] for
+        begin >= 0), run by run."""
+        runs = []
+        pos = length = 0
+        for term, count in self.runs:
+            lo, hi = max(begin, pos), min(end, pos + count)
+            if hi > lo:
+                runs.append((term, hi - lo))
+                length += hi - lo
+            pos += count
+            if pos >= end:
+                break
+        # The runs kept are consecutive runs of ours, so already merged.
+        return Terms._of(tuple(runs), length)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Terms):

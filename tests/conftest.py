@@ -13,7 +13,9 @@ import pytest
 
 from conformance.replay import events_in_memory, replay
 from impl.sim import Sim
-from s3server import s3_server  # noqa: F401 (a session fixture: weed mini for the S3 tests)
+
+# The S3 server fixture (a real `weed mini` on loopback), for the object-storage tests.
+pytest_plugins = ["s3server"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -38,7 +38,10 @@ FORGET = """first = next(e for e in sim.node_events["a1"] if e["action"] == "Vot
     ],
     ids=["accepted", "rejected", "planted-rejected", "planted-accepted"],
 )
-def test_every_simulator_trace_is_replayed(pytester: pytest.Pytester, marker: str, edit: str, outcome: str) -> None:
+def test_every_simulator_trace_is_replayed(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, marker: str, edit: str, outcome: str
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the conftest's own imports
     pytester.makeconftest(CONFTEST)
     pytester.makeini("[pytest]\nmarkers =\n    trace_rejected: planted bug\n")
     pytester.makepyfile(RUN.format(marker=marker, edit=edit))

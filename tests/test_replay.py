@@ -13,11 +13,17 @@ from hypothesis import strategies as st
 
 from conformance import machine as M
 from conformance.replay import (
+    _ACCEPTOR_FORMS,
+    _PROPOSER_FORMS,
+    _UNLOGGED,
     AppendRange,
     Event,
     TraceError,
     _AppendNet,
     _concat,
+    _extends,
+    _logged_value,
+    _logs,
     _model,
     _Replayer,
     accept_appends,
@@ -335,6 +341,79 @@ def test_a_logged_append_request_stands_for_spec_messages():
     beat = dict(msg, entries=[])
     assert set(append_range(beat).records()) == set(spec_messages(beat))
     assert append_range(dict(msg, extra=1)) is None and append_range(dict(msg, entries=[[1, 2.5]])) is None
+
+
+@settings(max_examples=500, deadline=None)
+@given(w=TERMS, more=TERMS, cut=st.integers(0, 8), other=TERMS, n=st.one_of(st.none(), st.integers(-6, 14)))
+def test_starts_with_a_slice_is_is_prefix_of_the_slice(w, more, cut, other, n):
+    for prefix in (other, _concat(w[:cut], more)):  # unrelated, and sharing a prefix with w
+        sliced = tuple(prefix) if n is None else tuple(prefix)[:n]
+        assert w.starts_with(prefix, n) == M.IsPrefix(sliced, tuple(w))
+
+
+@settings(max_examples=300, deadline=None)
+@given(w=TERMS, begin=st.integers(0, 14), end=st.integers(0, 16))
+def test_a_segment_is_the_slice(w, begin, end):
+    segment = w.segment(begin, end)
+    assert tuple(segment) == tuple(w)[begin:end] and len(segment) == len(tuple(w)[begin:end])
+    assert segment.runs == Terms(tuple(w)[begin:end]).runs  # merged runs, as every Terms keeps them
+
+
+@settings(max_examples=300, deadline=None)
+@given(old=TERMS, more=TERMS, cut=st.integers(0, 8), other=TERMS)
+def test_extends_is_the_machine_refinement(old, more, cut, other):
+    s = M.init(MODEL)
+    for new in (old, other, _concat(old, more), _concat(old[:cut], more)):
+        assert _extends(old, new) == M.refines(s.with_(committed_log=old), s.with_(committed_log=new))
+
+
+_LOG_EDITS = ("none", "float count", "bool count", "split run", "extra field", "float lsn", "lsn", "term", "commit")
+
+
+@settings(max_examples=300, deadline=None)
+@given(m=RANGES, edit=st.sampled_from(_LOG_EDITS))
+def test_a_message_logged_as_sent_is_the_sent_message(m, edit):
+    msg = {"type": "AppendRequest", "term": m.term, "lsn": m.lsn, "entries": [[t, n] for t, n in m.terms.runs], "commit": m.commit}
+    runs = msg["entries"]
+    if edit == "float count" and runs:
+        runs[0][1] = float(runs[0][1])
+    elif edit == "bool count" and runs and runs[0][1] == 1:
+        runs[0][1] = True
+    elif edit == "split run" and runs and runs[0][1] > 1:
+        runs[:1] = [[runs[0][0], 1], [runs[0][0], runs[0][1] - 1]]
+    elif edit == "extra field":
+        msg["to"] = "a1"
+    elif edit in ("float lsn", "lsn", "term", "commit"):
+        key = "lsn" if edit == "float lsn" else edit
+        msg[key] = float(msg[key]) if edit == "float lsn" else msg[key] + 1
+    if _logs(msg, m):  # the quick test never says yes wrongly
+        assert append_range(msg) == m
+    if edit == "none" and m.heartbeat is not bool(m.terms.runs):  # and says yes as the trace logs it
+        assert _logs(msg, m)
+    ack = Record(type="AppendResponse", term=m.term, flush=m.lsn, **{"from": "a1"})
+    assert _logs(dict(ack), ack) and spec_messages(dict(ack)) == [ack]
+    assert not _logs(dict(ack, flush=m.lsn + 1), ack)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    wal=TERMS, history=HISTORIES, heard=st.frozensets(st.sampled_from(MODEL.acceptors)),
+    acks=st.tuples(*[st.integers(0, 8)] * 3), numbers=st.tuples(*[st.integers(0, 9)] * 4),
+)
+def test_the_logged_forms_stand_for_the_spec_values(wal, history, heard, acks, numbers):
+    """same_state compares a logged state with these forms: each is a JSON value that
+    `_logged_value` turns back into the spec's value (or _UNLOGGED, equal to no JSON value)."""
+    term, flush_at, commit, _ = numbers
+    values = {
+        "prop_phase": "leader", "prop_term": term, "prop_heard": heard, "prop_history": history, "prop_wal": wal,
+        "prop_acks": dict(zip(MODEL.acceptors, acks)), "prop_commit": commit,
+        "acc_term": term, "acc_history": history, "acc_wal": wal, "acc_flush": flush_at, "acc_commit": commit,
+    }
+    for name, convert in _PROPOSER_FORMS + _ACCEPTOR_FORMS:
+        form = values[name] if convert is None else convert(values[name])
+        assert form is not _UNLOGGED  # every history the spec builds has a logged form
+        assert json.loads(json.dumps(form)) == form
+        assert _logged_value(name, form) == (Record(values[name]) if name == "prop_acks" else values[name])
 
 
 def _verdict(result):
