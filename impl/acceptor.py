@@ -34,7 +34,9 @@ Rules:
    spec action is then atomic, a second VoteRequest can never see a half-made promise, and
    the WAL written while an fsync runs is exactly what it covers (the spec's Flush makes
    everything written durable).  The queue is group commit: the appends that arrive during
-   one fsync are written together and covered by the next one.
+   one fsync are all written when it completes, and one Flush covers them (an AcceptAppend
+   event per append, then one Flush event).  Any other queued message waits for that
+   Flush, so it never sees written but unflushed WAL (which a ProposerElected would cut).
 3. A message that is out of turn is not an error: the network duplicates, delays and
    reorders, so a message the spec's guard rejects is ignored (not received, in the
    spec's terms).  A request of an older term gets the acceptor's term back in a
@@ -219,7 +221,7 @@ class AcceptorCore:
         if self._awaiting is not None:
             self._backlog.append((peer, msg, meta))
             return ()
-        return self._dispatch(peer, msg, meta)
+        return self._flush_written(self._dispatch(peer, msg, meta))
 
     def on_persisted(self) -> Effects:
         """The last PersistControl is durable."""
@@ -360,11 +362,8 @@ class AcceptorCore:
         self.commit_lsn = max(self.commit_lsn, min(msg.commit_lsn, self.flush_lsn))
         self._leader = peer
         effects = write + self._emit("AcceptAppend", (), meta)
-        if new:
-            self._awaiting = "flush"
-            self._then = self._flushed
-            return effects + (Flush(self.write_lsn),)
-        if self._last_ack is not None:  # a duplicate or a heartbeat: repeat the last ack
+        # New bytes are flushed once the messages at hand are handled (_flush_written).
+        if not new and self._last_ack is not None:  # a duplicate or a heartbeat: repeat the last ack
             effects += (self._last_ack,)
         return effects
 
@@ -425,11 +424,23 @@ class AcceptorCore:
         then, self._then = self._then, lambda: ()
         effects = then()
         while self._awaiting is None and self._backlog:
-            peer, msg, meta = self._backlog.popleft()
+            peer, msg, meta = self._backlog[0]
+            if self.write_lsn > self.flush_lsn and type(msg) is not AppendRequest:
+                break  # only appends share an fsync; anything else sees its WAL flushed
+            self._backlog.popleft()
             try:
                 effects += self._dispatch(peer, msg, meta)
             except ProtocolError as exc:  # its receive() has returned long ago
                 effects += (Close(peer, str(exc)),)
+        return self._flush_written(effects)
+
+    def _flush_written(self, effects: Effects) -> Effects:
+        """Rule 2's group commit: once the messages at hand are handled (one, or the queue
+        that built up during the last durable operation), one Flush covers all they wrote."""
+        if self._awaiting is None and self.write_lsn > self.flush_lsn:
+            self._awaiting = "flush"
+            self._then = self._flushed
+            return effects + (Flush(self.write_lsn),)
         return effects
 
     def _emit(

@@ -9,11 +9,13 @@ Rules of this file:
    call to it (`receive`, `on_flushed`, `on_persisted`, `on_disconnected`) happens there, in
    the order the driver takes events from one memory channel, the inbox.  Connection tasks
    only decode frames into the inbox and write frames out of their outbox.
-2. Effects run as the simulator runs them (impl/sim.py `_acceptor_effects`): in order, the
-   storage ones in `trio.to_thread.run_sync` (never abandoned on cancel: a started fsync
-   finishes), and the completion of a `Flush` or `PersistControl` is called after the rest
-   of its batch ran, as the simulator's delayed completion is.  A reply that needs
-   durability comes out of that completion, so it is never sent before its fsync.
+2. Effects run as the simulator runs them (impl/sim.py `_acceptor_effects`): sends at once,
+   storage operations in order on one disk task, in `trio.to_thread.run_sync` (never
+   abandoned on cancel: a started fsync finishes).  The completion of a `Flush` or
+   `PersistControl` comes back to the driver through the inbox, as the simulator's delayed
+   completion does, so the driver keeps handing the core what arrives meanwhile: the core
+   queues it, and writes it all under the next single fsync (group commit).  A reply that
+   needs durability comes out of that completion, so it is never sent before its fsync.
 3. A slow or dead peer blocks nobody.  A `Send` is put in that connection's bounded outbox
    without waiting; a connection whose outbox is full is closed (its proposer stopped
    reading; it will reconnect and be re-sent what it needs).  Readers block on the bounded
@@ -35,9 +37,7 @@ Rules of this file:
    and message counter from its trace file, so ids stay unique across restarts.
 
 Group commit: a `Flush` covers every `WriteWal` run since the previous one; `stats` counts
-fsyncs and how many writes each covered.  How many that is depends on the core: it writes
-what it queued during an fsync only as far as its next durable operation (impl/acceptor.py
-rule 2).
+fsyncs and how many writes each covered.
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ import collections
 import contextlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
 import attrs
@@ -123,6 +125,13 @@ class _Lost:
     reason: str
 
 
+@attrs.frozen
+class _Done:
+    """A storage operation finished: the driver runs `then` (it calls the core)."""
+
+    then: Callable[[], Awaitable[None]]
+
+
 class AcceptorServer:
     """One running acceptor: its core, its storage and its connections.
 
@@ -143,7 +152,12 @@ class AcceptorServer:
         self._control = control
         self._peers: dict[str, _Connection] = {}
         self._unflushed_writes = 0
-        self._inbox_send, self._inbox = trio.open_memory_channel[_Received | _Lost](INBOX_EVENTS)
+        self._inbox_send, self._inbox = trio.open_memory_channel[_Received | _Lost | _Done](INBOX_EVENTS)
+        # Storage operations, in the core's order.  Unbounded, so the driver never waits on
+        # the disk task while the disk task waits on the inbox; the core bounds it anyway
+        # (one durable operation at a time, plus the writes it covers).
+        self._disk_send, self._disk = trio.open_memory_channel[Any](math.inf)
+        self._settled = trio.Event()  # set when a completion leaves the core idle
 
     # -----------------------------------------------------------------------------------
     # The driver (rule 1)
@@ -156,6 +170,10 @@ class AcceptorServer:
                     await self._received(conn, frame)
                 case _Lost(conn=conn, reason=reason):
                     await self._drop(conn, reason)
+                case _Done(then=then):
+                    await then()
+                    if not self.core.busy:
+                        self._settled.set()
 
     async def _received(self, conn: _Connection, frame: Frame) -> None:
         if conn.closed:
@@ -203,23 +221,32 @@ class AcceptorServer:
     # -----------------------------------------------------------------------------------
 
     async def _run(self, effects: Effects) -> None:
-        batch = collections.deque(effects)
-        while batch:
-            completion = None
-            while batch:
-                completion = await self._execute(batch.popleft()) or completion
-            if completion is not None:
-                batch.extend(completion())
+        for effect in effects:
+            match effect:
+                case Send(to=to, msg=msg, meta=meta):
+                    await self._send(to, encode(msg, meta))
+                case Close(peer=peer, reason=reason):
+                    conn = self._peers.get(peer)
+                    if conn is not None:
+                        await self._drop(conn, f"refused: {reason}")
+                case WriteWal() | TruncateWal() | Flush() | PersistControl() | SendWal():
+                    self._disk_send.send_nowait(effect)
+                case _:
+                    raise AssertionError(f"unexpected acceptor effect {effect!r}")
 
-    async def _execute(self, effect: Any) -> Any:
-        """Run one effect; return the core's completion to call once its batch ran, if any."""
+    async def _run_completion(self, completion: Callable[[], Effects]) -> None:
+        await self._run(completion())
+
+    async def _storage(self) -> None:
+        """The disk task: storage operations in order, each completion back to the driver."""
+        async for effect in self._disk:
+            done = await self._store(effect)
+            if done is not None:
+                await self._inbox_send.send(_Done(done))
+
+    async def _store(self, effect: Any) -> Callable[[], Awaitable[None]] | None:
+        """Run one storage operation; what the driver must do after it, if anything."""
         match effect:
-            case Send(to=to, msg=msg, meta=meta):
-                await self._send(to, encode(msg, meta))
-            case Close(peer=peer, reason=reason):
-                conn = self._peers.get(peer)
-                if conn is not None:
-                    await self._drop(conn, f"refused: {reason}")
             case WriteWal(lsn=lsn, data=data):
                 await trio.to_thread.run_sync(self._wal.write, lsn, data)
                 self.stats.writes += 1
@@ -231,16 +258,14 @@ class AcceptorServer:
                 self.stats.fsyncs += 1
                 self.stats.writes_per_fsync[self._unflushed_writes] += 1
                 self._unflushed_writes = 0
-                return self.core.on_flushed
+                return lambda: self._run_completion(self.core.on_flushed)
             case PersistControl(state=state):
                 await trio.to_thread.run_sync(self._control.store, state)
-                return self.core.on_persisted
+                return lambda: self._run_completion(self.core.on_persisted)
             case SendWal(to=to, term=term, begin_lsn=begin, end_lsn=end):
                 wal = await trio.to_thread.run_sync(self._wal.read, begin, end)
                 data = WalData(acceptor=self.core.node, term=term, begin_lsn=begin, end_lsn=end, wal=wal)
-                await self._send(to, encode(data))
-            case _:
-                raise AssertionError(f"unexpected acceptor effect {effect!r}")
+                return lambda: self._send(to, encode(data))
         return None
 
     async def _send(self, peer: str, frame: bytes) -> None:
@@ -363,9 +388,12 @@ async def serve_acceptor(
             )
         listeners = await trio.open_tcp_listeners(port, host=host)
         server = AcceptorServer(core, wal, control, listeners[0].socket.getsockname()[1])
-        await server._run(startup)  # an interrupted truncation is finished before anyone talks
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server._drive)
+            nursery.start_soon(server._storage)
+            await server._run(startup)  # an interrupted truncation is finished before anyone talks
+            if core.busy:
+                await server._settled.wait()
             await nursery.start(trio.serve_listeners, server._serve_connection, listeners)
             log.info("acceptor %s listening on %s:%d (term %d, flush %s)", node, host, server.port,
                      core.term, format_lsn(core.flush_lsn))

@@ -72,6 +72,7 @@ from impl.effects import (
     WriteWal,
 )
 from impl.proposer import NotLeader, ProposerConfig, ProposerCore
+from impl.storage import CorruptStorage
 from impl.trace import Tracer, dumps
 from impl.wire import Message, WalData, describe
 
@@ -373,7 +374,11 @@ class Sim:
         if control is None:
             node.core, effects = AcceptorCore.fresh(name, WAL_START, node.tracer), ()
         else:
-            node.core, effects = AcceptorCore.restart_acceptor(control, node.disk.flush_lsn, node.tracer)
+            try:
+                node.core, effects = AcceptorCore.restart_acceptor(control, node.disk.flush_lsn, node.tracer)
+            except CorruptStorage as exc:  # its disk lost what it promised: it stays down
+                self._violate(f"{name} refused to restart: {exc}")
+                return
         self._acceptor_effects(node, effects)
         for p, pnode in self.proposers.items():
             if pnode.core is not None:

@@ -316,9 +316,9 @@ def test_appends_during_a_flush_are_queued_then_written_together():
     assert core.receive(P1, append(1, 6, b"c")) == ()
     assert core.write_lsn == 4  # nothing written while busy
     effects = core.on_flushed()
-    assert effects == (ack(1, 4), WriteWal(4, b"bb"), Flush(6))
-    assert core.on_flushed() == (ack(1, 6), WriteWal(6, b"c"), Flush(7))
+    assert effects == (ack(1, 4), WriteWal(4, b"bb"), WriteWal(6, b"c"), Flush(7))  # one fsync for both
     assert core.on_flushed() == (ack(1, 7),)
+    assert not core.busy
 
 
 def test_completions_with_nothing_outstanding_are_misuse():

@@ -244,13 +244,6 @@ def test_a_peer_that_stops_reading_is_closed_not_waited_for(tmp_path, caplog, mo
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="AcceptorCore starts a Flush for each queued append in turn (impl/acceptor.py"
-    " _complete stops at the next durable operation; tests/test_acceptor.py::"
-    "test_appends_during_a_flush_are_queued_then_written_together), so one fsync covers"
-    " one append; group commit needs the core to write its backlog before its next Flush",
-)
 def test_appends_in_flight_share_fsyncs(tmp_path):
     appends = 50
 

@@ -146,7 +146,7 @@ def test_oracle_catches_ack_before_flush(monkeypatch):
 
     def accept_append(self, peer, msg, meta, original=acceptor_module.AcceptorCore.accept_append):
         effects = original(self, peer, msg, meta)
-        if self.busy and self._awaiting == "flush":
+        if self.write_lsn > self.flush_lsn:
             self.flush_lsn = self.write_lsn  # claim it durable now; the crash will say otherwise
             return effects + (self._ack(self._leader),)
         return effects
