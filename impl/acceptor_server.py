@@ -44,13 +44,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import logging
 import math
 import os
 from pathlib import Path
 from collections.abc import Awaitable, Callable
-from typing import IO, Any
+from typing import Any
 
 import attrs
 import trio
@@ -68,7 +67,7 @@ from impl.effects import (
     WriteWal,
 )
 from impl.storage import CorruptStorage
-from impl.trace import JsonlWriter, Tracer, read_events
+from impl.trace import resume_tracer
 from impl.wal import DEFAULT_SEGMENT_SIZE, FileWal
 from impl.wire import Frame, FrameDecoder, ProtocolError, WalData, encode, format_lsn
 
@@ -318,18 +317,6 @@ class AcceptorServer:
             await self._inbox_send.send(_Lost(conn, f"write failed: {exc!r}"))
 
 
-def _resume_tracer(node: str, wal_start: int, path: Path, stream: IO[str]) -> Tracer:
-    """A tracer writing to `stream` that continues the clock and ids of `path`'s events."""
-    with path.open(encoding="utf-8") as old:
-        try:
-            events = read_events(old)
-        except json.JSONDecodeError as exc:
-            raise CorruptStorage(f"trace file {path}: line {exc.lineno} is not JSON: {exc.msg}") from None
-    lc = max((event["lc"] for event in events), default=0)
-    sent = max((int(m["id"].rpartition(":")[2]) for event in events for m in event["sent"]), default=0)
-    return Tracer(node, wal_start, JsonlWriter(stream), lc=lc, sent=sent)
-
-
 async def serve_acceptor(
     node: str,
     data_dir: str | os.PathLike[str],
@@ -367,7 +354,7 @@ async def serve_acceptor(
             path = Path(trace_path)
             # Line-buffered: each event reaches the kernel before the core returns its sends.
             stream = stack.enter_context(path.open("a", buffering=1, encoding="utf-8"))
-            tracer = _resume_tracer(node, wal_start, path, stream)
+            tracer = resume_tracer(node, wal_start, path, stream)
         Path(data_dir).mkdir(parents=True, exist_ok=True)
         core, startup, wal, control = open_acceptor(data_dir, node, wal_start, tracer, segment_size)
         stack.callback(wal.close)

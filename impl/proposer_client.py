@@ -50,10 +50,9 @@ from pathlib import Path
 import attrs
 import trio
 
-# The acceptor server's resuming tracer serves any node's trace file.
-from impl.acceptor_server import _resume_tracer
 from impl.effects import Committed, Effects, ResetConnections, Send, SetTimer
 from impl.proposer import NotLeader, ProposerConfig, ProposerCore
+from impl.trace import resume_tracer
 from impl.wire import Frame, FrameDecoder, ProtocolError, encode, format_lsn
 
 # NotLeader and ProposerConfig are re-exported: callers of `append` and `serve_proposer` need them.
@@ -459,7 +458,7 @@ async def serve_proposer(
             path = Path(trace_path)
             # Line-buffered: each event reaches the kernel before the core returns its sends.
             stream = stack.enter_context(path.open("a", buffering=1, encoding="utf-8"))
-            tracer = _resume_tracer(node, wal_start, path, stream)
+            tracer = resume_tracer(node, wal_start, path, stream)
         core = ProposerCore(node, tuple(acceptors), wal_start, config, tracer)
         proposer = Proposer(core, dict(acceptors), random.Random(seed))
         try:

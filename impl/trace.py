@@ -51,11 +51,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 import attrs
 
 from impl.effects import MsgMeta, Send
+from impl.storage import CorruptStorage
 from impl.termhistory import TermHistory
 from impl.wire import (
     AppendRequest,
@@ -71,6 +73,7 @@ from impl.wire import (
 __all__ = [
     "SPEC_VARIABLES",
     "Tracer",
+    "resume_tracer",
     "history_view",
     "message_view",
     "position",
@@ -225,3 +228,21 @@ class JsonlWriter:
 def read_events(lines: Iterable[str]) -> list[dict[str, Any]]:
     """Parse ndjson lines (blank lines skipped)."""
     return [json.loads(line) for line in lines if line.strip()]
+
+
+def resume_tracer(node: str, wal_start: int, path: Path, stream: IO[str]) -> Tracer:
+    """A tracer writing to `stream` that continues the clock and ids of `path`'s events, so
+    that a restarted node's events follow its earlier ones and its message ids stay unique.
+
+    Raises:
+        CorruptStorage: a line of `path` is not JSON (the node must not start on a trace it
+            cannot continue).
+    """
+    with path.open(encoding="utf-8") as old:
+        try:
+            events = read_events(old)
+        except json.JSONDecodeError as exc:
+            raise CorruptStorage(f"trace file {path}: line {exc.lineno} is not JSON: {exc.msg}") from None
+    lc = max((event["lc"] for event in events), default=0)
+    sent = max((int(m["id"].rpartition(":")[2]) for event in events for m in event["sent"]), default=0)
+    return Tracer(node, wal_start, JsonlWriter(stream), lc=lc, sent=sent)
