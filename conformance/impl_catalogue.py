@@ -95,8 +95,8 @@ CATALOGUE: tuple[Mutant, ...] = (
     Mutant(
         "ack_before_flush", _A,
         'effects = write + self._emit("AcceptAppend", (), meta)',
-        'effects = write + self._emit("AcceptAppend", (Send(peer, attrs.evolve(self._ack(peer).msg,'
-        ' flush_lsn=self.write_lsn)),) if new else (), meta)',
+        'effects = write + self._emit("AcceptAppend", (Send(peer, AppendResponse(acceptor=self.node,'
+        ' term=self.term, flush_lsn=self.write_lsn, commit_lsn=self.commit_lsn)),) if new else (), meta)',
         "(h) an append is acknowledged as written, before its fsync",
     ),
     Mutant(

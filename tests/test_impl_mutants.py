@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import multiprocessing
 from pathlib import Path
 
 import attrs
+import pyflakes.api
+import pyflakes.reporter
 import pytest
 
 import impl.sim
@@ -41,6 +44,16 @@ def test_each_entry_applies_exactly_once(mutant):
     assert source.count(mutant.original) == 1
     patched = patched_source(mutant)
     assert patched != source and patched.count(mutant.replacement) >= 1
+
+
+@pytest.mark.parametrize("mutant", CATALOGUE, ids=[m.name for m in CATALOGUE])
+def test_each_patched_module_names_only_what_it_defines_or_imports(mutant):
+    # A mutant that raises NameError is a crash, not the bug it claims to plant (one did,
+    # after a refactor removed an import its replacement used).
+    text = io.StringIO()
+    messages = pyflakes.reporter.Reporter(text, text)
+    pyflakes.api.check(patched_source(mutant), mutant.module, messages)
+    assert "undefined name" not in text.getvalue(), text.getvalue()
 
 
 def test_a_snippet_that_no_longer_occurs_once_is_an_error_naming_the_mutant():
