@@ -69,7 +69,8 @@ from impl.effects import (
 from impl.storage import CorruptStorage
 from impl.trace import resume_tracer
 from impl.wal import DEFAULT_SEGMENT_SIZE, FileWal
-from impl.wire import Frame, FrameDecoder, ProtocolError, WalData, encode, format_lsn
+from impl.framing import read_frames, write_frames
+from impl.wire import Frame, ProtocolError, WalData, encode, format_lsn
 
 __all__ = ["AcceptorServer", "GroupCommitStats", "serve_acceptor"]
 
@@ -83,8 +84,6 @@ OUTBOX_FRAMES = 1024
 # an fsync they queue here (then in the core's backlog), and a full inbox stops the readers.
 INBOX_EVENTS = 256
 
-# Bytes asked of the socket per read: an AppendRequest of Neon's 128 KiB in a few reads.
-READ_SIZE = 64 * 1024
 
 
 @attrs.define
@@ -295,26 +294,15 @@ class AcceptorServer:
             await trio.aclose_forcefully(stream)
 
     async def _read(self, conn: _Connection) -> None:
-        decoder = FrameDecoder()
-        try:
-            while data := await conn.stream.receive_some(READ_SIZE):
-                decoder.feed(data)
-                while (frame := decoder.next_frame()) is not None:
-                    await self._inbox_send.send(_Received(conn, frame))
-            decoder.eof()
-            reason = "closed by the peer"
-        except ProtocolError as exc:
-            reason = f"protocol error: {exc}"
-        except trio.BrokenResourceError as exc:
-            reason = f"read failed: {exc!r}"
-        await self._inbox_send.send(_Lost(conn, reason))
+        await read_frames(
+            conn.stream, lambda frame: self._inbox_send.send(_Received(conn, frame)), self._lost(conn), "peer"
+        )
 
     async def _write(self, conn: _Connection, outgoing: trio.MemoryReceiveChannel[bytes]) -> None:
-        try:
-            async for frame in outgoing:
-                await conn.stream.send_all(frame)
-        except trio.BrokenResourceError as exc:
-            await self._inbox_send.send(_Lost(conn, f"write failed: {exc!r}"))
+        await write_frames(conn.stream, outgoing, self._lost(conn))
+
+    def _lost(self, conn: _Connection) -> Callable[[str], Awaitable[None]]:
+        return lambda reason: self._inbox_send.send(_Lost(conn, reason))
 
 
 async def serve_acceptor(

@@ -45,6 +45,7 @@ import logging
 import math
 import os
 import random
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import attrs
@@ -53,7 +54,8 @@ import trio
 from impl.effects import Committed, Effects, ResetConnections, Send, SetTimer
 from impl.proposer import NotLeader, ProposerConfig, ProposerCore
 from impl.trace import resume_tracer
-from impl.wire import Frame, FrameDecoder, ProtocolError, encode, format_lsn
+from impl.framing import read_frames, write_frames
+from impl.wire import Frame, ProtocolError, encode, format_lsn
 
 # NotLeader and ProposerConfig are re-exported: callers of `append` and `serve_proposer` need them.
 __all__ = ["AppendFailed", "NotLeader", "Proposer", "ProposerConfig", "serve_proposer"]
@@ -69,8 +71,6 @@ OUTBOX_FRAMES = 4096
 # A full inbox stops the readers, which pushes back on the acceptors through TCP.
 INBOX_EVENTS = 256
 
-# Bytes asked of the socket per read.
-READ_SIZE = 64 * 1024
 
 # Reconnecting to an acceptor that is down: the first retry after RETRY_FIRST seconds,
 # doubling up to RETRY_MAX, so a restarted acceptor is found again within a second.
@@ -386,26 +386,15 @@ class Proposer:
             await trio.aclose_forcefully(stream)
 
     async def _read(self, conn: _Connection) -> None:
-        decoder = FrameDecoder()
-        try:
-            while data := await conn.stream.receive_some(READ_SIZE):
-                decoder.feed(data)
-                while (frame := decoder.next_frame()) is not None:
-                    await self._inbox_send.send(_Received(conn, frame))
-            decoder.eof()
-            reason = "closed by the acceptor"
-        except ProtocolError as exc:
-            reason = f"protocol error: {exc}"
-        except trio.BrokenResourceError as exc:
-            reason = f"read failed: {exc!r}"
-        await self._inbox_send.send(_Lost(conn, reason))
+        await read_frames(
+            conn.stream, lambda frame: self._inbox_send.send(_Received(conn, frame)), self._lost(conn), "acceptor"
+        )
 
     async def _write(self, conn: _Connection, outgoing: trio.MemoryReceiveChannel[bytes]) -> None:
-        try:
-            async for frame in outgoing:
-                await conn.stream.send_all(frame)
-        except trio.BrokenResourceError as exc:
-            await self._inbox_send.send(_Lost(conn, f"write failed: {exc!r}"))
+        await write_frames(conn.stream, outgoing, self._lost(conn))
+
+    def _lost(self, conn: _Connection) -> Callable[[str], Awaitable[None]]:
+        return lambda reason: self._inbox_send.send(_Lost(conn, reason))
 
     def _stop(self) -> None:
         """The proposer stops: nothing in flight will be answered any more."""
