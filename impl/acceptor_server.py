@@ -69,7 +69,7 @@ from impl.effects import (
 from impl.storage import CorruptStorage
 from impl.trace import resume_tracer
 from impl.wal import DEFAULT_SEGMENT_SIZE, FileWal
-from impl.framing import read_frames, write_frames
+from impl.framing import run_connection
 from impl.wire import Frame, ProtocolError, WalData, encode, format_lsn
 
 __all__ = ["AcceptorServer", "GroupCommitStats", "serve_acceptor"]
@@ -287,22 +287,15 @@ class AcceptorServer:
         log.info("connection %s opened", conn.name)
         try:
             with conn.scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._read, conn)
-                    nursery.start_soon(self._write, conn, outgoing)
+                await run_connection(
+                    stream,
+                    outgoing,
+                    lambda frame: self._inbox_send.send(_Received(conn, frame)),
+                    lambda reason: self._inbox_send.send(_Lost(conn, reason)),
+                    "peer",
+                )
         finally:
             await trio.aclose_forcefully(stream)
-
-    async def _read(self, conn: _Connection) -> None:
-        await read_frames(
-            conn.stream, lambda frame: self._inbox_send.send(_Received(conn, frame)), self._lost(conn), "peer"
-        )
-
-    async def _write(self, conn: _Connection, outgoing: trio.MemoryReceiveChannel[bytes]) -> None:
-        await write_frames(conn.stream, outgoing, self._lost(conn))
-
-    def _lost(self, conn: _Connection) -> Callable[[str], Awaitable[None]]:
-        return lambda reason: self._inbox_send.send(_Lost(conn, reason))
 
 
 async def serve_acceptor(

@@ -14,7 +14,7 @@ import trio
 
 from impl.wire import Frame, FrameDecoder, ProtocolError
 
-__all__ = ["READ_SIZE", "read_frames", "write_frames"]
+__all__ = ["READ_SIZE", "read_frames", "run_connection", "write_frames"]
 
 # Bytes asked of the socket per read: an AppendRequest of Neon's 128 KiB in a few reads.
 READ_SIZE = 64 * 1024
@@ -57,3 +57,16 @@ async def write_frames(
             await stream.send_all(frame)
     except trio.BrokenResourceError as exc:
         await lost(f"write failed: {exc!r}")
+
+
+async def run_connection(
+    stream: trio.abc.Stream,
+    outgoing: trio.MemoryReceiveChannel[bytes],
+    received: Callable[[Frame], Awaitable[None]],
+    lost: Callable[[str], Awaitable[None]],
+    peer: str,
+) -> None:
+    """Both halves of a connection, until the shell cancels them (after `lost`)."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_frames, stream, received, lost, peer)
+        nursery.start_soon(write_frames, stream, outgoing, lost)

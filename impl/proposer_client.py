@@ -45,7 +45,6 @@ import logging
 import math
 import os
 import random
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import attrs
@@ -54,7 +53,7 @@ import trio
 from impl.effects import Committed, Effects, ResetConnections, Send, SetTimer
 from impl.proposer import NotLeader, ProposerConfig, ProposerCore
 from impl.trace import resume_tracer
-from impl.framing import read_frames, write_frames
+from impl.framing import run_connection
 from impl.wire import Frame, ProtocolError, encode, format_lsn
 
 # NotLeader and ProposerConfig are re-exported: callers of `append` and `serve_proposer` need them.
@@ -379,22 +378,15 @@ class Proposer:
         try:
             with conn.scope:
                 await self._inbox_send.send(_Connected(conn))
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._read, conn)
-                    nursery.start_soon(self._write, conn, outgoing)
+                await run_connection(
+                    stream,
+                    outgoing,
+                    lambda frame: self._inbox_send.send(_Received(conn, frame)),
+                    lambda reason: self._inbox_send.send(_Lost(conn, reason)),
+                    "acceptor",
+                )
         finally:
             await trio.aclose_forcefully(stream)
-
-    async def _read(self, conn: _Connection) -> None:
-        await read_frames(
-            conn.stream, lambda frame: self._inbox_send.send(_Received(conn, frame)), self._lost(conn), "acceptor"
-        )
-
-    async def _write(self, conn: _Connection, outgoing: trio.MemoryReceiveChannel[bytes]) -> None:
-        await write_frames(conn.stream, outgoing, self._lost(conn))
-
-    def _lost(self, conn: _Connection) -> Callable[[str], Awaitable[None]]:
-        return lambda reason: self._inbox_send.send(_Lost(conn, reason))
 
     def _stop(self) -> None:
         """The proposer stops: nothing in flight will be answered any more."""
