@@ -69,7 +69,7 @@ from impl.effects import (
 from impl.storage import CorruptStorage
 from impl.trace import resume_tracer
 from impl.wal import DEFAULT_SEGMENT_SIZE, FileWal
-from impl.framing import run_connection
+from impl.framing import Lost, Received, run_connection
 from impl.wire import Frame, ProtocolError, WalData, encode, format_lsn
 
 __all__ = ["AcceptorServer", "GroupCommitStats", "serve_acceptor"]
@@ -112,18 +112,6 @@ class _Connection:
 
 
 @attrs.frozen
-class _Received:
-    conn: _Connection
-    frame: Frame
-
-
-@attrs.frozen
-class _Lost:
-    conn: _Connection
-    reason: str
-
-
-@attrs.frozen
 class _Done:
     """A storage operation finished: the driver runs `then` (it calls the core)."""
 
@@ -150,7 +138,7 @@ class AcceptorServer:
         self._control = control
         self._peers: dict[str, _Connection] = {}
         self._unflushed_writes = 0
-        self._inbox_send, self._inbox = trio.open_memory_channel[_Received | _Lost | _Done](INBOX_EVENTS)
+        self._inbox_send, self._inbox = trio.open_memory_channel[Received | Lost | _Done](INBOX_EVENTS)
         # Storage operations, in the core's order.  Unbounded, so the driver never waits on
         # the disk task while the disk task waits on the inbox; the core bounds it anyway
         # (one durable operation at a time, plus the writes it covers).
@@ -164,9 +152,9 @@ class AcceptorServer:
     async def _drive(self) -> None:
         async for event in self._inbox:
             match event:
-                case _Received(conn=conn, frame=frame):
+                case Received(conn=conn, frame=frame):
                     await self._received(conn, frame)
-                case _Lost(conn=conn, reason=reason):
+                case Lost(conn=conn, reason=reason):
                     await self._drop(conn, reason)
                 case _Done(then=then):
                     await then()
@@ -287,13 +275,7 @@ class AcceptorServer:
         log.info("connection %s opened", conn.name)
         try:
             with conn.scope:
-                await run_connection(
-                    stream,
-                    outgoing,
-                    lambda frame: self._inbox_send.send(_Received(conn, frame)),
-                    lambda reason: self._inbox_send.send(_Lost(conn, reason)),
-                    "peer",
-                )
+                await run_connection(conn, stream, outgoing, self._inbox_send, "peer")
         finally:
             await trio.aclose_forcefully(stream)
 

@@ -9,12 +9,14 @@ why, once, through `lost`; the shell then closes it (cancelling the other half).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import attrs
 import trio
 
 from impl.wire import Frame, FrameDecoder, ProtocolError
 
-__all__ = ["READ_SIZE", "read_frames", "run_connection", "write_frames"]
+__all__ = ["READ_SIZE", "Lost", "Received", "read_frames", "run_connection", "write_frames"]
 
 # Bytes asked of the socket per read: an AppendRequest of Neon's 128 KiB in a few reads.
 READ_SIZE = 64 * 1024
@@ -59,14 +61,38 @@ async def write_frames(
         await lost(f"write failed: {exc!r}")
 
 
+@attrs.frozen
+class Received:
+    """For a shell's driver: a frame that arrived on `conn` (the shell's connection object)."""
+
+    conn: Any
+    frame: Frame
+
+
+@attrs.frozen
+class Lost:
+    """For a shell's driver: `conn` ended, and why."""
+
+    conn: Any
+    reason: str
+
+
 async def run_connection(
+    conn: Any,
     stream: trio.abc.Stream,
     outgoing: trio.MemoryReceiveChannel[bytes],
-    received: Callable[[Frame], Awaitable[None]],
-    lost: Callable[[str], Awaitable[None]],
+    inbox: trio.MemorySendChannel[Any],
     peer: str,
 ) -> None:
-    """Both halves of a connection, until the shell cancels them (after `lost`)."""
+    """Both halves of `conn`, reporting to the driver's `inbox` as `Received` and `Lost`,
+    until the shell cancels them (after a `Lost`)."""
+
+    async def received(frame: Frame) -> None:
+        await inbox.send(Received(conn, frame))
+
+    async def lost(reason: str) -> None:
+        await inbox.send(Lost(conn, reason))
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(read_frames, stream, received, lost, peer)
         nursery.start_soon(write_frames, stream, outgoing, lost)

@@ -53,7 +53,7 @@ import trio
 from impl.effects import Committed, Effects, ResetConnections, Send, SetTimer
 from impl.proposer import NotLeader, ProposerConfig, ProposerCore
 from impl.trace import resume_tracer
-from impl.framing import run_connection
+from impl.framing import Lost, Received, run_connection
 from impl.wire import Frame, ProtocolError, encode, format_lsn
 
 # NotLeader and ProposerConfig are re-exported: callers of `append` and `serve_proposer` need them.
@@ -121,18 +121,6 @@ class _Connected:
     conn: _Connection
 
 
-@attrs.frozen
-class _Received:
-    conn: _Connection
-    frame: Frame
-
-
-@attrs.frozen
-class _Lost:
-    conn: _Connection
-    reason: str
-
-
 class Proposer:
     """One running proposer: its core, its connections and the appends in flight.
 
@@ -154,7 +142,7 @@ class Proposer:
         self.node = core.node
         self._addresses = addresses
         self._rng = rng
-        self._inbox_send, self._inbox = trio.open_memory_channel[_Connected | _Received | _Lost | _Append](INBOX_EVENTS)
+        self._inbox_send, self._inbox = trio.open_memory_channel[_Connected | Received | Lost | _Append](INBOX_EVENTS)
         self._conns: dict[str, _Connection] = {}
         self._generation = 0
         self._reconnect_at = -math.inf  # trio time before which no connection opens (rule 4)
@@ -217,12 +205,12 @@ class Proposer:
             match event:
                 case None:
                     self._fire_timers()
-                case _Received(conn=conn, frame=frame):
+                case Received(conn=conn, frame=frame):
                     if not conn.closed:  # else the core has forgotten that connection (rule 4)
                         self._receive(conn, frame)
                 case _Connected(conn=conn):
                     self._connected(conn)
-                case _Lost(conn=conn, reason=reason):
+                case Lost(conn=conn, reason=reason):
                     self._drop(conn, reason)
                 case _Append():
                     self._admit(event)
@@ -378,13 +366,7 @@ class Proposer:
         try:
             with conn.scope:
                 await self._inbox_send.send(_Connected(conn))
-                await run_connection(
-                    stream,
-                    outgoing,
-                    lambda frame: self._inbox_send.send(_Received(conn, frame)),
-                    lambda reason: self._inbox_send.send(_Lost(conn, reason)),
-                    "acceptor",
-                )
+                await run_connection(conn, stream, outgoing, self._inbox_send, "acceptor")
         finally:
             await trio.aclose_forcefully(stream)
 
