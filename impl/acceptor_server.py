@@ -67,7 +67,7 @@ from impl.effects import (
     WriteWal,
 )
 from impl.storage import CorruptStorage
-from impl.trace import resume_tracer
+from impl.trace import open_trace
 from impl.wal import DEFAULT_SEGMENT_SIZE, FileWal
 from impl.framing import Lost, Received, run_connection
 from impl.wire import Frame, ProtocolError, WalData, encode, format_lsn
@@ -312,12 +312,7 @@ async def serve_acceptor(
         vanished peer closes only its connection, logged (see the module docstring).
     """
     with contextlib.ExitStack() as stack:
-        tracer = None
-        if trace_path is not None:
-            path = Path(trace_path)
-            # Line-buffered: each event reaches the kernel before the core returns its sends.
-            stream = stack.enter_context(path.open("a", buffering=1, encoding="utf-8"))
-            tracer = resume_tracer(node, wal_start, path, stream)
+        tracer = None if trace_path is None else open_trace(node, wal_start, Path(trace_path), stack)
         Path(data_dir).mkdir(parents=True, exist_ok=True)
         core, startup, wal, control = open_acceptor(data_dir, node, wal_start, tracer, segment_size)
         stack.callback(wal.close)

@@ -52,7 +52,7 @@ import trio
 
 from impl.effects import Committed, Effects, ResetConnections, Send, SetTimer
 from impl.proposer import NotLeader, ProposerConfig, ProposerCore
-from impl.trace import resume_tracer
+from impl.trace import open_trace
 from impl.framing import Lost, Received, run_connection
 from impl.wire import Frame, ProtocolError, encode, format_lsn
 
@@ -416,12 +416,7 @@ async def serve_proposer(
         ProtocolError is a bug and propagates.
     """
     with contextlib.ExitStack() as stack:
-        tracer = None
-        if trace_path is not None:
-            path = Path(trace_path)
-            # Line-buffered: each event reaches the kernel before the core returns its sends.
-            stream = stack.enter_context(path.open("a", buffering=1, encoding="utf-8"))
-            tracer = resume_tracer(node, wal_start, path, stream)
+        tracer = None if trace_path is None else open_trace(node, wal_start, Path(trace_path), stack)
         core = ProposerCore(node, tuple(acceptors), wal_start, config, tracer)
         proposer = Proposer(core, dict(acceptors), random.Random(seed))
         try:

@@ -49,6 +49,7 @@ test; nothing is built.  `paxwal bench trace` measures it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -73,6 +74,7 @@ from impl.wire import (
 __all__ = [
     "SPEC_VARIABLES",
     "Tracer",
+    "open_trace",
     "resume_tracer",
     "history_view",
     "message_view",
@@ -246,3 +248,14 @@ def resume_tracer(node: str, wal_start: int, path: Path, stream: IO[str]) -> Tra
     lc = max((event["lc"] for event in events), default=0)
     sent = max((int(m["id"].rpartition(":")[2]) for event in events for m in event["sent"]), default=0)
     return Tracer(node, wal_start, JsonlWriter(stream), lc=lc, sent=sent)
+
+
+def open_trace(node: str, wal_start: int, path: Path, stack: contextlib.ExitStack) -> Tracer:
+    """A node's trace file, opened for appending (closed with `stack`), continuing its events.
+
+    Line-buffered: each event reaches the kernel inside the core call that made it, before
+    the shell sends what the event says was sent, so a kill -9 never leaves a receiver with a
+    message id whose send is missing from the trace.
+    """
+    stream = stack.enter_context(path.open("a", buffering=1, encoding="utf-8"))
+    return resume_tracer(node, wal_start, path, stream)
