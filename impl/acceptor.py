@@ -476,7 +476,8 @@ def open_acceptor(
 ) -> tuple[AcceptorCore, Effects, FileWal, FileControlStorage]:
     """Start an acceptor from its directory: control file and WAL segments.
 
-    A directory with neither is a fresh acceptor (a new WAL is created at `wal_start`).
+    A directory with neither is a fresh acceptor: a new WAL is created at `wal_start`, then
+    Init's control file is stored (so the acceptor restarts even before its first vote).
     `segment_size` must be the one the WAL was created with (the cluster's configuration).
 
     Returns:
@@ -493,13 +494,25 @@ def open_acceptor(
     control = control_storage.load()
     has_wal = has_segments(directory)
     if control is None:
-        if has_wal:
+        # A fresh acceptor: its empty WAL, then Init's control file, so that it can restart.
+        # Empty segments without a control file are a fresh start that stopped in between.
+        wal = FileWal.open(directory, segment_size=segment_size) if has_wal else FileWal(
+            directory, segment_size=segment_size, start_lsn=wal_start
+        )
+        if wal.write_lsn != wal.start_lsn:
+            wal.close()
             raise CorruptStorage(
                 f"acceptor {node}: {directory} holds WAL segments but no control file"
                 f" ({control_storage.path}); refusing to start on a guessed term"
             )
-        wal = FileWal(directory, segment_size=segment_size, start_lsn=wal_start)
-        return AcceptorCore.fresh(node, wal_start, tracer), (), wal, control_storage
+        core = AcceptorCore.fresh(node, wal.start_lsn, tracer)
+        control_storage.store(
+            ControlState(
+                node_id=node, term=0, term_history=((0, wal.start_lsn),), flush_lsn=wal.start_lsn,
+                commit_lsn=wal.start_lsn, truncate_pending_lsn=None,
+            )
+        )
+        return core, (), wal, control_storage
     if control.node_id != node:
         raise CorruptStorage(
             f"control file {control_storage.path}: belongs to acceptor {control.node_id!r}, not {node!r}"

@@ -55,7 +55,7 @@ import attrs
 import trio
 
 from impl.acceptor import AcceptorCore, open_acceptor
-from impl.control import ControlState, FileControlStorage
+from impl.control import FileControlStorage
 from impl.effects import (
     Close,
     Effects,
@@ -316,16 +316,6 @@ async def serve_acceptor(
         Path(data_dir).mkdir(parents=True, exist_ok=True)
         core, startup, wal, control = open_acceptor(data_dir, node, wal_start, tracer, segment_size)
         stack.callback(wal.close)
-        if control.load() is None:
-            # open_acceptor created a fresh WAL but stores no control file until the first
-            # vote, and refuses a WAL without one: store Init's state now, so a node stopped
-            # before any vote can start again.  (A crash between the two still leaves a
-            # directory it refuses; the cure belongs in open_acceptor.)
-            initial = ControlState(
-                node_id=node, term=0, term_history=((0, wal_start),), flush_lsn=wal_start,
-                commit_lsn=wal_start, truncate_pending_lsn=None,
-            )
-            await trio.to_thread.run_sync(control.store, initial)
         if core.wal_start != wal_start:
             raise CorruptStorage(
                 f"acceptor {node}: {data_dir} holds a WAL starting at {format_lsn(core.wal_start)},"

@@ -650,14 +650,20 @@ def test_open_fresh_directory_creates_a_wal(tmp_path):
         assert (core.node, core.term, core.history, core.flush_lsn) == (A, 0, hist((0, 0)), 0)
         assert (tmp_path / segment_name(0, partial=True)).is_file()
         assert (wal.start_lsn, wal.write_lsn) == (0, 0)
-        assert storage.load() is None  # nothing promised yet
+        assert storage.load() == control(term=0, flush_lsn=0)  # Init, so that it can restart
     finally:
         wal.close()
-    # Reopening: segments and no control file is refused (below); storing one makes it work.
-    storage.store(control())
-    core, _, wal, _ = open_acceptor(tmp_path, A)
+    core, _, wal, _ = open_acceptor(tmp_path, A)  # stopped before any vote: restarts
     wal.close()
-    assert core.term == 0
+    assert (core.term, core.flush_lsn) == (0, 0)
+
+
+def test_open_starts_fresh_on_empty_segments_without_a_control_file(tmp_path):
+    # A fresh start stopped between creating its WAL and storing its control file.
+    FileWal(tmp_path, start_lsn=0).close()
+    core, _, wal, storage = open_acceptor(tmp_path, A)
+    wal.close()
+    assert core.term == 0 and storage.load() is not None
 
 
 def test_open_restarts_from_stored_state(tmp_path):
