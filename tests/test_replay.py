@@ -12,30 +12,32 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conformance import machine as M
+from conformance.derived import (
+    AppendNet,
+    AppendRange,
+    _concat,
+    accept_appends,
+    append_range,
+    collect_ack,
+    flush,
+    logs,
+    new_entries,
+    quorum_flush,
+    send_appends,
+)
 from conformance.replay import (
     _ACCEPTOR_FORMS,
     _PROPOSER_FORMS,
     _UNLOGGED,
-    AppendRange,
     Event,
     TraceError,
-    _AppendNet,
-    _concat,
     _extends,
     _logged_value,
-    _logs,
     _model,
     _Replayer,
-    accept_appends,
-    append_range,
     check_run,
-    collect_ack,
-    flush,
     load_events,
-    new_entries,
-    quorum_flush,
     replay,
-    send_appends,
     spec_messages,
 )
 from conformance.seq import Terms
@@ -327,7 +329,7 @@ RANGES = st.builds(
 @settings(max_examples=300, deadline=None)
 @given(sent=st.lists(RANGES, max_size=8), asked=st.lists(RANGES, max_size=8))
 def test_the_append_network_answers_as_a_set_of_records(sent, asked):
-    net, records = _AppendNet(), set()
+    net, records = AppendNet(), set()
     for m in sent:
         net.add(m)
         records |= set(m.records())
@@ -386,13 +388,13 @@ def test_a_message_logged_as_sent_is_the_sent_message(m, edit):
     elif edit in ("float lsn", "lsn", "term", "commit"):
         key = "lsn" if edit == "float lsn" else edit
         msg[key] = float(msg[key]) if edit == "float lsn" else msg[key] + 1
-    if _logs(msg, m):  # the quick test never says yes wrongly
+    if logs(msg, m):  # the quick test never says yes wrongly
         assert append_range(msg) == m
     if edit == "none" and m.heartbeat is not bool(m.terms.runs):  # and says yes as the trace logs it
-        assert _logs(msg, m)
+        assert logs(msg, m)
     ack = Record(type="AppendResponse", term=m.term, flush=m.lsn, **{"from": "a1"})
-    assert _logs(dict(ack), ack) and spec_messages(dict(ack)) == [ack]
-    assert not _logs(dict(ack, flush=m.lsn + 1), ack)
+    assert logs(dict(ack), ack) and spec_messages(dict(ack)) == [ack]
+    assert not logs(dict(ack, flush=m.lsn + 1), ack)
 
 
 @settings(max_examples=300, deadline=None)
