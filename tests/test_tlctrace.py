@@ -142,7 +142,7 @@ def random_walk(seed: int, steps: int = 60) -> tuple[list[M.State], set[str]]:
             by_name[name].append(t)
         names = sorted(n for n in by_name if n not in FAULTS or rng.random() < 0.05) or sorted(by_name)
         name = rng.choice(names)
-        s = rng.choice(by_name[name])
+        s = rng.choice(sorted(by_name[name], key=repr))  # msgs is a set: its order varies by process
         states.append(s)
         taken.add(name)
     return states, taken
