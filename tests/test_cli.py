@@ -1,4 +1,4 @@
-"""The `paxwal sim` and `paxwal bench` commands (impl/cli.py); `paxwal tlc` is in test_tlc.py."""
+"""The `paxwal sim` and `paxwal bench` commands (impl/cli/); `paxwal tlc` is in test_tlc.py."""
 
 from __future__ import annotations
 

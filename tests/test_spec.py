@@ -15,7 +15,7 @@ import pytest
 
 from conformance.mutants import MODEL_MODULE, check_mutant, load_mutants
 from conformance.tlc import config_properties, run_tlc
-from impl.cli import DETERMINISTIC_SEARCH
+from impl.cli.tlc import DETERMINISTIC_SEARCH
 
 SPEC = Path(__file__).resolve().parent.parent / "spec"
 MODULE = SPEC / MODEL_MODULE
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.tlc
 @pytest.fixture(scope="module")
 def ci_result():
     # One worker and a fixed fingerprint polynomial: with VIEW and SYMMETRY, TLC's count
-    # depends on which member of a class it keeps, fixed only by both (see impl/cli.py).
+    # depends on which member of a class it keeps, fixed only by both (see impl/cli/tlc.py).
     return run_tlc(
         MODULE, SPEC / "models" / "ci.cfg", workers=1, check_deadlock=False, timeout=1200, extra_args=DETERMINISTIC_SEARCH
     )

@@ -1,0 +1,65 @@
+"""`paxwal acceptor`: one acceptor (safekeeper) process, serving until signalled."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from impl.cli.common import CliError
+
+
+async def _serve_until_signalled(args: argparse.Namespace) -> str | None:
+    """Run the acceptor until SIGTERM or SIGINT; return why it could not start, or None."""
+    import trio
+
+    from impl.acceptor_server import serve_acceptor
+    from impl.storage import CorruptStorage
+
+    serve = functools.partial(
+        serve_acceptor, args.node, args.dir, "127.0.0.1", args.port, args.wal_start, args.trace
+    )
+    # Entered first, so a signal during startup is not lost to the default handlers.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(serve)
+            except CorruptStorage as exc:
+                return str(exc)
+            except OSError as exc:  # the port is taken, or the directory cannot be made
+                return f"acceptor {args.node} cannot start on 127.0.0.1:{args.port} with {args.dir}: {exc}"
+            async for signum in signals:
+                logging.getLogger("paxwal.acceptor").info("stopping on %s", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+    return None
+
+
+def _cmd_acceptor(args: argparse.Namespace) -> int:
+    import trio
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    failure = trio.run(_serve_until_signalled, args)
+    if failure is not None:
+        raise CliError(failure)
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    acceptor = commands.add_parser(
+        "acceptor",
+        help="run one acceptor (safekeeper) on 127.0.0.1",
+        description=(
+            "Serve proposers on 127.0.0.1:PORT from the acceptor's directory until SIGTERM or"
+            " SIGINT (exit 0). Exit 2 with one line if the storage is damaged or the port is busy."
+        ),
+    )
+    acceptor.add_argument("--node", required=True, help="the acceptor's id, e.g. a1")
+    acceptor.add_argument("--dir", required=True, type=Path, metavar="DIR", help="its control file and WAL")
+    acceptor.add_argument("--port", required=True, type=int, metavar="P", help="TCP port (0: any free one)")
+    acceptor.add_argument("--wal-start", type=int, default=0, metavar="LSN", help="where a fresh WAL starts (default 0)")
+    acceptor.add_argument("--trace", type=Path, metavar="FILE", help="append the node's ndjson trace to FILE")
+    acceptor.set_defaults(handler=_cmd_acceptor)
