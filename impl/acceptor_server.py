@@ -36,6 +36,10 @@ Rules of this file:
    id whose send is missing from the trace.  A restarted acceptor resumes its Lamport clock
    and message counter from its trace file, so ids stay unique across restarts.
 
+7. Operators are answered beside the core.  A StatusRequest (not a spec message) is answered
+   at once from the core's fields, on whatever connection asked, which stays anonymous: no
+   core call, no trace event, no state change.
+
 Group commit: a `Flush` covers every `WriteWal` run since the previous one; `stats` counts
 fsyncs and how many writes each covered.
 """
@@ -70,7 +74,8 @@ from impl.storage import CorruptStorage
 from impl.trace import open_trace
 from impl.wal import DEFAULT_SEGMENT_SIZE, FileWal
 from impl.framing import Lost, Received, run_connection
-from impl.wire import Frame, ProtocolError, WalData, encode, format_lsn
+from impl.termhistory import last_log_term
+from impl.wire import AppendRequest, Frame, ProposerElected, ProtocolError, StatusRequest, StatusResponse, WalData, encode, format_lsn
 
 __all__ = ["AcceptorServer", "GroupCommitStats", "serve_acceptor"]
 
@@ -144,6 +149,8 @@ class AcceptorServer:
         # (one durable operation at a time, plus the writes it covers).
         self._disk_send, self._disk = trio.open_memory_channel[Any](math.inf)
         self._settled = trio.Event()  # set when a completion leaves the core idle
+        # The proposer the core last followed, and its term (status only).
+        self._leader: tuple[str, int] = ("", 0)
 
     # -----------------------------------------------------------------------------------
     # The driver (rule 1)
@@ -165,13 +172,31 @@ class AcceptorServer:
         if conn.closed:
             return  # decoded before we closed it: the core has forgotten this connection
         msg = frame.message
+        if isinstance(msg, StatusRequest):
+            await self._answer_status(conn)
+            return
         try:
             peer = await self._bind(conn, getattr(msg, "proposer", None), type(msg).__name__)
             effects = self.core.receive(peer, msg, frame.meta)
         except ProtocolError as exc:
             await self._drop(conn, f"protocol error: {exc}")
             return
+        if isinstance(msg, (ProposerElected, AppendRequest)) and last_log_term(self.core.history) == msg.term:
+            self._leader = (msg.proposer, msg.term)  # the core follows it (status only)
         await self._run(effects)
+
+    async def _answer_status(self, conn: _Connection) -> None:
+        """An operator's StatusRequest, answered from the core's fields (rule 7)."""
+        leader, leader_term = self._leader
+        status = StatusResponse(
+            acceptor=self.core.node, term=self.core.term, flush_lsn=self.core.flush_lsn,
+            commit_lsn=self.core.commit_lsn, wal_start=self.core.wal_start, leader=leader,
+            leader_term=leader_term, proposers=tuple(sorted(self._peers)),
+        )
+        try:
+            conn.outbox.send_nowait(encode(status))
+        except trio.WouldBlock:
+            await self._drop(conn, f"outbox full ({OUTBOX_FRAMES} frames): the peer is not reading")
 
     async def _bind(self, conn: _Connection, claimed: str | None, kind: str) -> str:
         """The proposer id this connection speaks for (rule 5)."""

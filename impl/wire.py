@@ -39,8 +39,8 @@ Field values are CBOR unsigned integers (terms, LSNs), text strings (node ids), 
 (`wal`) and, for a term history, an array of `[term, lsn]` arrays.  Nothing else appears:
 no floats, no tags, no indefinite lengths, no duplicate keys.
 
-Version rule: the version byte must equal `PROTOCOL_VERSION` exactly (2 since frames carry
-trace metadata; version 1 had no third element).  There is no
+Version rule: the version byte must equal `PROTOCOL_VERSION` exactly (3 since acceptors
+answer StatusRequest; 2 since frames carry trace metadata; version 1 had no third element).  There is no
 negotiation: a cluster runs one build, and since decoders reject unknown types and unknown
 fields, *any* change to a message (a new field, a new type, a new meaning) bumps the version.
 The byte is in every frame, not only the first, so a frame from a mismatched or confused peer
@@ -89,6 +89,9 @@ WalRead, WalData   not in the spec (IMPLEMENTATION_ONLY): a new leader fetches t
                    from the vote and reads the bytes afterwards.  Neither changes any spec
                    variable: the acceptor only reads, and the proposer's prop_wal already
                    is the donor's WAL in the abstraction (impl/trace.py)
+StatusRequest,     not in the spec (IMPLEMENTATION_ONLY): an operator's tool (`paxwal
+StatusResponse     cluster status`) asks an acceptor for its state; the shell answers from
+                   the core's fields without the core, so nothing changes and nothing traces
 =================  =====================================================================
 
 The spec's requests name no receiver and stand for the copies sent on each connection; on
@@ -131,6 +134,8 @@ __all__ = [
     "Frame",
     "MsgMeta",
     "VoteRequest",
+    "StatusRequest",
+    "StatusResponse",
     "VoteResponse",
     "WalData",
     "WalRead",
@@ -142,7 +147,7 @@ __all__ = [
 ]
 
 # The version byte of every frame.  Bump it on any change to any message (see "Version rule").
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 # Upper bound on a frame's length prefix (the bytes after it).  It bounds the memory one
 # connection can make us buffer, and it must stay above the largest AppendRequest the proposer
@@ -282,6 +287,18 @@ def _check_history(instance: object, attribute: attrs.Attribute, value: object) 
                 f"{name}[{i}]",
                 f"lsns must not decrease, got {format_lsn(prev.lsn)} then {format_lsn(cur.lsn)}",
             )
+
+
+def _check_node_id_or_empty(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if value != "":
+        _check_node_id(instance, attribute, value)
+
+
+def _check_node_ids(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if type(value) is not tuple:
+        _fail(instance, attribute.name, f"must be a list of node ids, got {_show(value)}")
+    for node in value:
+        _check_node_id(instance, attribute, node)
 
 
 def _list_to_tuple(value: object) -> object:
@@ -495,6 +512,30 @@ class WalData:
         _check_wal_length(self)
 
 
+@attrs.frozen(kw_only=True)
+class StatusRequest:
+    """An operator asks an acceptor for its state.  Not in the spec (see IMPLEMENTATION_ONLY)."""
+
+
+@attrs.frozen(kw_only=True)
+class StatusResponse:
+    """An acceptor's state for an operator: the answer to a StatusRequest.  Not in the spec.
+
+    `leader` is the proposer the acceptor last followed (its ProposerElected or AppendRequest
+    in the term of the acceptor's last history entry), in term `leader_term` (empty and 0
+    since the acceptor started, until then); `proposers` those connected now.
+    """
+
+    acceptor: str = _node_field()
+    term: int = _u64_field()
+    flush_lsn: int = _u64_field()
+    commit_lsn: int = _u64_field()
+    wal_start: int = _u64_field()
+    leader: str = attrs.field(validator=_check_node_id_or_empty)
+    leader_term: int = _u64_field()
+    proposers: tuple[str, ...] = attrs.field(converter=_list_to_tuple, validator=_check_node_ids)
+
+
 Message: TypeAlias = (
     Greeting
     | GreetingResponse
@@ -505,6 +546,8 @@ Message: TypeAlias = (
     | AppendResponse
     | WalRead
     | WalData
+    | StatusRequest
+    | StatusResponse
 )
 
 # Wire type name -> class.  The names are the spec's message `type` strings.
@@ -521,12 +564,14 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
             AppendResponse,
             WalRead,
             WalData,
+            StatusRequest,
+            StatusResponse,
         )
     }
 )
 
 # The messages the spec does not model; every other type is a spec message `type`.
-IMPLEMENTATION_ONLY: frozenset[str] = frozenset({"WalRead", "WalData"})
+IMPLEMENTATION_ONLY: frozenset[str] = frozenset({"WalRead", "WalData", "StatusRequest", "StatusResponse"})
 
 # Per class, its field names in declaration order: the order encode() writes them in.
 _FIELDS: Mapping[type, tuple[str, ...]] = MappingProxyType(
@@ -638,6 +683,11 @@ _DESCRIBERS: Mapping[type, Callable[[object], str]] = MappingProxyType(
         WalData: lambda m: (
             f"{m.acceptor}->* WalData term={m.term}"
             f" lsn={format_lsn(m.begin_lsn)}..{format_lsn(m.end_lsn)} ({len(m.wal)} B)"
+        ),
+        StatusRequest: lambda m: "*->* StatusRequest",
+        StatusResponse: lambda m: (
+            f"{m.acceptor}->* StatusResponse term={m.term} flush={format_lsn(m.flush_lsn)}"
+            f" commit={format_lsn(m.commit_lsn)} leader={m.leader or '-'}@{m.leader_term}"
         ),
     }
 )

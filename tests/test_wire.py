@@ -19,6 +19,8 @@ from impl.wire import (
     PROTOCOL_VERSION,
     AppendRequest,
     AppendResponse,
+    StatusRequest,
+    StatusResponse,
     WalData,
     WalRead,
     FrameDecoder,
@@ -182,6 +184,11 @@ MESSAGE_STRATEGIES = {
     AppendResponse: append_responses(),
     WalRead: wal_reads(),
     WalData: wal_datas(),
+    StatusRequest: st.builds(StatusRequest),
+    StatusResponse: st.builds(
+        StatusResponse, acceptor=node_ids, term=u64s, flush_lsn=u64s, commit_lsn=u64s, wal_start=u64s,
+        leader=st.just("") | node_ids, leader_term=u64s, proposers=st.lists(node_ids, max_size=4).map(tuple),
+    ),
 }
 messages = st.one_of(*MESSAGE_STRATEGIES.values())
 chunk_sizes = st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=10)
@@ -398,7 +405,7 @@ def with_(fields: dict, **changes: object) -> dict:
 _DROP = object()
 
 DECODE_CASES = [
-    ("bad version", ["version 3"], frame_of(["Greeting", {"proposer": "p1"}], version=3)),
+    ("bad version", ["version 4"], frame_of(["Greeting", {"proposer": "p1"}], version=4)),
     # Version 1 frames had no trace meta; a peer of that build is refused, not half-understood.
     ("old version 1", ["unsupported protocol version 1"],
      frame_of(["Greeting", {"proposer": "p1"}], version=1)),

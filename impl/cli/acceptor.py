@@ -9,7 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
-from impl.cli.common import CliError
+from impl.cli.common import CliError, positive_int
+from impl.wal import DEFAULT_SEGMENT_SIZE, MIN_SEGMENT_SIZE
 
 
 async def _serve_until_signalled(args: argparse.Namespace) -> str | None:
@@ -20,7 +21,8 @@ async def _serve_until_signalled(args: argparse.Namespace) -> str | None:
     from impl.storage import CorruptStorage
 
     serve = functools.partial(
-        serve_acceptor, args.node, args.dir, "127.0.0.1", args.port, args.wal_start, args.trace
+        serve_acceptor, args.node, args.dir, "127.0.0.1", args.port, args.wal_start, args.trace,
+        segment_size=args.segment_size,
     )
     # Entered first, so a signal during startup is not lost to the default handlers.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -36,6 +38,14 @@ async def _serve_until_signalled(args: argparse.Namespace) -> str | None:
                 nursery.cancel_scope.cancel()
                 break
     return None
+
+
+def segment_size(text: str) -> int:
+    """A WAL segment size argument: a power of two, at least MIN_SEGMENT_SIZE."""
+    size = positive_int(text)
+    if size < MIN_SEGMENT_SIZE or size & (size - 1):
+        raise argparse.ArgumentTypeError(f"expected a power of two >= {MIN_SEGMENT_SIZE}, got {text!r}")
+    return size
 
 
 def _cmd_acceptor(args: argparse.Namespace) -> int:
@@ -61,5 +71,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     acceptor.add_argument("--dir", required=True, type=Path, metavar="DIR", help="its control file and WAL")
     acceptor.add_argument("--port", required=True, type=int, metavar="P", help="TCP port (0: any free one)")
     acceptor.add_argument("--wal-start", type=int, default=0, metavar="LSN", help="where a fresh WAL starts (default 0)")
+    acceptor.add_argument(
+        "--segment-size", type=segment_size, default=DEFAULT_SEGMENT_SIZE, metavar="BYTES",
+        help=f"WAL segment size, a power of two (default {DEFAULT_SEGMENT_SIZE:,}); fixed for the directory's life",
+    )
     acceptor.add_argument("--trace", type=Path, metavar="FILE", help="append the node's ndjson trace to FILE")
     acceptor.set_defaults(handler=_cmd_acceptor)

@@ -1,0 +1,383 @@
+"""A local cluster: acceptor processes on 127.0.0.1, described by one directory (DESIGN §9).
+
+Theory of operation
+===================
+
+Everything about a cluster is in its directory, so every command (`paxwal cluster up|down|
+status`, `paxwal load`, the chaos runner) works from any shell given only `--dir`:
+
+    DIR/cluster.json       the configuration: each acceptor's port, wal_start, segment size
+    DIR/<acceptor>/        the acceptor's data: control file and WAL segments
+    DIR/logs/<node>.log    the stderr of each process (appended across restarts)
+    DIR/pids/<node>.pid    the pid of a running process, written by whoever started it
+    DIR/run/               the run directory: each node's trace (<node>.ndjson), run.json
+                           naming the cluster, and history.jsonl, the clients' history
+
+Rules:
+
+1. The configuration is written once, by the first `up`, atomically; later `up`s start the
+   same cluster again from its data (ports, WAL start and segment size never change, since
+   a node's data depends on them).
+2. Each node is its own OS process in its own session, so it outlives the command that
+   started it and a signal to that command's process group does not reach it.  A pid file
+   names a process of ours only while that process runs with our command line: a stale pid
+   file (the process died, the pid was reused) is ignored, so `down` never signals a
+   stranger.
+3. A node is up once it accepts connections; `up` waits for that, and reports the last
+   lines of the node's log if the process exits first (a damaged directory, a busy port).
+4. `status` asks each acceptor over the wire (StatusRequest, answered beside the core) and
+   never changes anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import attrs
+
+from impl.storage import fsync_dir
+from impl.wal import DEFAULT_SEGMENT_SIZE
+from impl.wire import FrameDecoder, ProtocolError, StatusRequest, StatusResponse, encode
+
+__all__ = ["Cluster", "ClusterConfig", "ClusterError", "NodeStatus", "DEFAULT_DIR"]
+
+# Where commands look for the cluster without --dir (DESIGN §9).
+DEFAULT_DIR = Path(".paxwal")
+CONFIG_FILE = "cluster.json"
+CONFIG_VERSION = 1
+
+# How long `up` waits for a node to listen, and `down` for a node to exit after SIGTERM
+# before it is killed.
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+# A status query that takes longer than this reports the node as not answering.
+STATUS_TIMEOUT = 2.0
+# The log lines quoted when a node fails to start.
+LOG_TAIL_LINES = 5
+
+
+class ClusterError(Exception):
+    """A cluster command cannot do what it was asked (one line for the user)."""
+
+
+@attrs.frozen
+class ClusterConfig:
+    """What DIR/cluster.json holds.
+
+    Attributes:
+        acceptors: acceptor id -> its TCP port on 127.0.0.1, in id order.
+        wal_start: the LSN every WAL starts at.
+        segment_size: the WAL segment size of every acceptor.
+    """
+
+    acceptors: dict[str, int]
+    wal_start: int = 0
+    segment_size: int = DEFAULT_SEGMENT_SIZE
+
+    def to_json(self) -> str:
+        return json.dumps({"version": CONFIG_VERSION, **attrs.asdict(self)}, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: Path) -> ClusterConfig:
+        try:
+            data = json.loads(text)
+            if data.pop("version") != CONFIG_VERSION:
+                raise ValueError(f"version {data!r} is not {CONFIG_VERSION}")
+            acceptors = data.pop("acceptors")
+            if not acceptors or not all(isinstance(p, int) and 0 < p < 65536 for p in acceptors.values()):
+                raise ValueError("acceptors must map ids to TCP ports")
+            return cls(dict(acceptors), **data)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ClusterError(f"{where} is not a paxwal cluster configuration: {exc}") from None
+
+
+@attrs.frozen
+class NodeStatus:
+    """One acceptor as `status` sees it: its process and, if it answered, its state."""
+
+    node: str
+    port: int
+    pid: int | None
+    state: StatusResponse | None
+    error: str | None  # why it did not answer
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on 127.0.0.1 now (the OS picks them)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temp = path.with_name(path.name + ".tmp")
+    with open(temp, "w") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temp, path)
+    fsync_dir(path.parent)
+
+
+class Cluster:
+    """The cluster in one directory (see the module docstring)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+        self.run_dir = self.dir / "run"
+        self.history_file = self.run_dir / "history.jsonl"
+
+    # -- configuration ------------------------------------------------------------------
+
+    @property
+    def config_file(self) -> Path:
+        return self.dir / CONFIG_FILE
+
+    def exists(self) -> bool:
+        return self.config_file.exists()
+
+    def load(self) -> ClusterConfig:
+        """The configuration; ClusterError if DIR holds no cluster."""
+        try:
+            text = self.config_file.read_text()
+        except FileNotFoundError:
+            raise ClusterError(f"no cluster in {self.dir} (no {CONFIG_FILE}; start one with `paxwal cluster up --dir {self.dir}`)") from None
+        return ClusterConfig.from_json(text, self.config_file)
+
+    def create(self, acceptors: int, wal_start: int = 0, segment_size: int = DEFAULT_SEGMENT_SIZE) -> ClusterConfig:
+        """Write a new configuration with `acceptors` acceptors a1..aN on free ports (rule 1)."""
+        if acceptors < 1:
+            raise ClusterError(f"a cluster needs at least one acceptor, not {acceptors}")
+        if self.exists():
+            raise ClusterError(f"{self.config_file} exists already")
+        names = [f"a{i}" for i in range(1, acceptors + 1)]
+        config = ClusterConfig(dict(zip(names, free_ports(acceptors))), wal_start, segment_size)
+        for sub in ("logs", "pids", "run"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        _write_atomically(self.config_file, config.to_json())
+        self._write_run_json(config, proposers=[])
+        return config
+
+    # -- run.json: the cluster the traces describe ---------------------------------------
+
+    @contextlib.contextmanager
+    def _run_json_locked(self) -> Iterator[dict]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "run.json.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            path = self.run_dir / "run.json"
+            run = json.loads(path.read_text()) if path.exists() else {}
+            yield run
+            _write_atomically(path, json.dumps(run, indent=1) + "\n")
+
+    def _write_run_json(self, config: ClusterConfig, proposers: Sequence[str]) -> None:
+        with self._run_json_locked() as run:
+            run["cluster"] = {"proposers": list(proposers), "acceptors": list(config.acceptors), "wal_start": config.wal_start}
+
+    def add_proposer(self, name: str) -> None:
+        """Name proposer `name` in run.json, so the checker expects its trace."""
+        with self._run_json_locked() as run:
+            proposers = run["cluster"]["proposers"]
+            if name not in proposers:
+                proposers.append(name)
+                proposers.sort()
+
+    # -- processes ------------------------------------------------------------------------
+
+    def pid_file(self, node: str) -> Path:
+        return self.dir / "pids" / f"{node}.pid"
+
+    def log_file(self, node: str) -> Path:
+        return self.dir / "logs" / f"{node}.log"
+
+    def acceptor_command(self, node: str, config: ClusterConfig) -> list[str]:
+        return [
+            sys.executable, "-m", "impl.cli", "acceptor", "--node", node, "--dir", str(self.dir / node),
+            "--port", str(config.acceptors[node]), "--wal-start", str(config.wal_start),
+            "--segment-size", str(config.segment_size), "--trace", str(self.run_dir / f"{node}.ndjson"),
+        ]
+
+    def pid(self, node: str) -> int | None:
+        """The pid of node's running process, or None (rule 2)."""
+        try:
+            pid = int(self.pid_file(node).read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            return None
+        return pid if _is_node_process(cmdline, node, self.dir) else None
+
+    def spawn(self, node: str, command: list[str]) -> subprocess.Popen[bytes]:
+        """Start `command` as node's process in its own session, stderr to its log (rule 2)."""
+        if self.pid(node) is not None:
+            raise ClusterError(f"{node} is running already (pid {self.pid(node)})")
+        with open(self.log_file(node), "ab") as log:
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                                    cwd=Path(__file__).resolve().parents[1])
+        _write_atomically(self.pid_file(node), f"{proc.pid}\n")
+        return proc
+
+    def start_acceptor(self, node: str, config: ClusterConfig) -> subprocess.Popen[bytes]:
+        """Start acceptor `node` and wait until it listens (rule 3)."""
+        proc = self.spawn(node, self.acceptor_command(node, config))
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                raise ClusterError(f"{node} exited with status {proc.returncode} while starting: {self.log_tail(node)}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", config.acceptors[node]), timeout=1):
+                return proc
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise ClusterError(f"{node} did not listen on port {config.acceptors[node]} within {START_TIMEOUT:.0f} s: {self.log_tail(node)}")
+            time.sleep(0.05)
+
+    def log_tail(self, node: str) -> str:
+        try:
+            lines = self.log_file(node).read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return "(no log)"
+        return " | ".join(lines[-LOG_TAIL_LINES:]) or "(empty log)"
+
+    def signal(self, node: str, signum: int) -> bool:
+        """Send `signum` to node's process; False if it is not running."""
+        pid = self.pid(node)
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+        return True
+
+    def stop(self, node: str, timeout: float = STOP_TIMEOUT) -> str:
+        """Stop node's process: SIGTERM (and SIGCONT, in case it is paused), then SIGKILL
+        after `timeout`.  Returns how it went, for the user."""
+        pid = self.pid(node)
+        if pid is None:
+            self.pid_file(node).unlink(missing_ok=True)
+            return "not running"
+        for signum in (signal.SIGTERM, signal.SIGCONT):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        how = "stopped"
+        if not _wait_gone(pid, timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, timeout)
+            how = f"killed (no exit {timeout:.0f} s after SIGTERM)"
+        self.pid_file(node).unlink(missing_ok=True)
+        return how
+
+    def up(self, acceptors: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> tuple[ClusterConfig, list[str]]:
+        """Create the cluster if DIR has none, then start every node not running.
+
+        Returns:
+            The configuration and the nodes started now.
+        """
+        if self.exists():
+            config = self.load()
+            if len(config.acceptors) != acceptors:
+                raise ClusterError(f"the cluster in {self.dir} has {len(config.acceptors)} acceptors, not {acceptors}")
+        else:
+            config = self.create(acceptors, segment_size=segment_size)
+        started = []
+        try:
+            for node in config.acceptors:
+                if self.pid(node) is None:
+                    self.start_acceptor(node, config)
+                    started.append(node)
+        except ClusterError:
+            for node in started:  # all or nothing: no half-started cluster left behind
+                self.stop(node)
+            raise
+        return config, started
+
+    def down(self) -> dict[str, str]:
+        """Stop every node; returns node -> how it went."""
+        config = self.load()
+        return {node: self.stop(node) for node in config.acceptors}
+
+    def status(self) -> list[NodeStatus]:
+        """Each acceptor's process and state (rule 4)."""
+        config = self.load()
+        result = []
+        for node, port in config.acceptors.items():
+            pid = self.pid(node)
+            state, error = None, "not running"
+            if pid is not None:
+                try:
+                    state, error = query_status(port), None
+                except (OSError, ProtocolError) as exc:
+                    error = f"not answering: {exc}"
+            result.append(NodeStatus(node, port, pid, state, error))
+        return result
+
+
+def _is_node_process(cmdline: list[bytes], node: str, directory: Path) -> bool:
+    """Whether a process's argv is one of our nodes named `node` (rule 2): an acceptor
+    (`--node`) or a load process (`--name`) of this directory."""
+    try:
+        args = [arg.decode() for arg in cmdline]
+        where = next(i for i, arg in enumerate(args) if arg in ("--node", "--name"))
+    except (UnicodeDecodeError, StopIteration):
+        return False
+    return args[where + 1 : where + 2] == [node] and any(
+        arg == str(directory) or arg.startswith(str(directory) + "/") for arg in args
+    )
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until process `pid` has exited (reaping it if it is our child)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        if _is_zombie(pid):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def query_status(port: int, timeout: float = STATUS_TIMEOUT) -> StatusResponse:
+    """Ask the acceptor on 127.0.0.1:`port` for its state (a StatusRequest).
+
+    Raises:
+        OSError: no connection, or no answer within `timeout`.
+        ProtocolError: the answer is not a StatusResponse.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(encode(StatusRequest()))
+        decoder = FrameDecoder()
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise OSError("connection closed before the status arrived")
+            decoder.feed(data)
+            frame = decoder.next_frame()
+            if frame is not None:
+                if not isinstance(frame.message, StatusResponse):
+                    raise ProtocolError(f"expected a StatusResponse, got {type(frame.message).__name__}")
+                return frame.message

@@ -1,0 +1,247 @@
+"""A load generator and its client history: what the chaos check holds the cluster to.
+
+Theory of operation
+===================
+
+`run_load` runs one proposer (a compute, without the SQL) against a cluster's acceptors and
+`clients` tasks that append records through it, one outstanding append per client, and
+writes every client operation to the cluster's history file (DIR/run/history.jsonl), one
+JSON line each, as Jepsen histories do:
+
+    {"op": "invoke", "key": "p1/3f2a/0/17", "size": 1024, "t": ...}
+    {"op": "ack",    "key": "p1/3f2a/0/17", "lsn": 18432, "t": ...}   committed, ends at lsn
+    {"op": "fail",   "key": "p1/3f2a/0/17", "definite": true, ...}    never written
+    {"op": "fail",   "key": "p1/3f2a/0/17", "definite": false, ...}   outcome unknown
+
+A record's bytes are a function of its key and size (`record_bytes`), so the history alone
+says what every acknowledged LSN range must hold; `verify_history` checks that against the
+acceptors' WAL.  The key names the proposer, its incarnation (a random tag per process, so a
+restarted load never reuses a key), the client and a sequence number.
+
+Lines are written unbuffered before and after each operation, so a kill -9 of the load
+process leaves at most an invoke without its outcome (outcome unknown), never an ack of
+something that was not acknowledged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+import trio
+
+from impl.cluster import Cluster
+from impl.proposer_client import AppendFailed, NotLeader, ProposerConfig, serve_proposer
+from impl.storage import CorruptStorage
+from impl.wal import FileWal
+
+__all__ = ["LoadSummary", "Verdict", "record_bytes", "run_load", "verify_history"]
+
+log = logging.getLogger("paxwal.load")
+
+# A record is its key, a separator, then filler; the key must fit.
+MIN_RECORD_SIZE = 48
+# After a failed append a client waits this long before the next (the proposer is between
+# terms: hammering it only fills the log).
+RETRY_PAUSE = 0.05
+
+
+def record_bytes(key: str, size: int) -> bytes:
+    """The record a client appends under `key`: deterministic, so a history can be checked."""
+    head = f"{key}|".encode()
+    if len(head) > size:
+        raise ValueError(f"record size {size} cannot hold key {key!r}")
+    filler = (key.encode() + b".") * (size // (len(key) + 1) + 1)
+    return head + filler[: size - len(head)]
+
+
+@attrs.define
+class LoadSummary:
+    """What one `run_load` did."""
+
+    proposer: str
+    incarnation: str
+    acked: int = 0
+    failed_definite: int = 0
+    failed_unknown: int = 0
+    first_lsn: int | None = None
+    last_lsn: int | None = None
+    latencies: list[float] = attrs.field(factory=list, repr=False)
+
+    def percentile(self, q: float) -> float | None:
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class _History:
+    """The history file, appended one line per operation (see the module docstring)."""
+
+    def __init__(self, file: IO[str]) -> None:
+        self.file = file
+
+    def write(self, op: str, key: str, **fields: Any) -> None:
+        self.file.write(json.dumps({"op": op, "key": key, "t": round(time.time(), 6), **fields}) + "\n")
+
+
+async def run_load(
+    cluster: Cluster,
+    clients: int,
+    seconds: float,
+    size: int,
+    name: str = "p1",
+    config: ProposerConfig = ProposerConfig(),
+    progress: Callable[[LoadSummary, float], None] | None = None,
+) -> LoadSummary:
+    """Append records of `size` bytes from `clients` clients for `seconds` (math.inf: until
+    cancelled) through proposer `name`; record the history (module docstring).
+
+    `progress(summary, elapsed)` is called about once a second.
+    """
+    if size < MIN_RECORD_SIZE:
+        raise ValueError(f"record size must be at least {MIN_RECORD_SIZE} bytes, got {size}")
+    cfg = cluster.load()
+    cluster.add_proposer(name)
+    summary = LoadSummary(name, secrets.token_hex(4))
+    addresses = {node: ("127.0.0.1", port) for node, port in cfg.acceptors.items()}
+    started = time.monotonic()
+    with open(cluster.history_file, "a", buffering=1) as file:
+        history = _History(file)
+        async with trio.open_nursery() as nursery:
+            proposer = await nursery.start(
+                serve_proposer, name, addresses, config, cfg.wal_start, cluster.run_dir / f"{name}.ndjson"
+            )
+            with trio.move_on_after(seconds):
+                async with trio.open_nursery() as clients_nursery:
+                    for client in range(clients):
+                        clients_nursery.start_soon(_client, proposer, history, summary, client, size)
+                    if progress is not None:
+                        clients_nursery.start_soon(_report, summary, started, progress)
+            nursery.cancel_scope.cancel()
+    return summary
+
+
+async def _report(summary: LoadSummary, started: float, progress: Callable[[LoadSummary, float], None]) -> None:
+    while True:
+        await trio.sleep(1)
+        progress(summary, time.monotonic() - started)
+
+
+async def _client(proposer: Any, history: _History, summary: LoadSummary, client: int, size: int) -> None:
+    for seq in range(2**62):
+        await proposer.wait_leader()  # an append now would fail at once: not worth a history line
+        key = f"{summary.proposer}/{summary.incarnation}/{client}/{seq}"
+        history.write("invoke", key, size=size)
+        began = time.monotonic()
+        try:
+            lsn = await proposer.append(record_bytes(key, size))
+        except NotLeader as exc:
+            history.write("fail", key, definite=True, error=str(exc))
+            summary.failed_definite += 1
+            await trio.sleep(RETRY_PAUSE)
+            continue
+        except AppendFailed as exc:
+            history.write("fail", key, definite=False, error=str(exc))
+            summary.failed_unknown += 1
+            await trio.sleep(RETRY_PAUSE)
+            continue
+        summary.latencies.append(time.monotonic() - began)
+        history.write("ack", key, lsn=lsn, size=size)
+        summary.acked += 1
+        summary.first_lsn = lsn if summary.first_lsn is None else summary.first_lsn
+        summary.last_lsn = lsn
+
+
+# ---------------------------------------------------------------------------------------
+# Checking a history against the acceptors' WAL
+# ---------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Verdict:
+    """What `verify_history` found.
+
+    Attributes:
+        acked: acknowledged records in the history.
+        lost: acknowledged records not present, byte for byte, at their LSN on a quorum
+            (each with the acceptors that hold it): must be empty.
+        overlapping: pairs of acknowledged records whose LSN ranges overlap (two records
+            at one LSN): must be empty.
+        unknown: operations whose outcome the client never learned (killed, or failed
+            with outcome unknown).
+        failed: operations that failed before being written.
+    """
+
+    acked: int
+    lost: list[tuple[str, int, list[str]]]
+    overlapping: list[tuple[str, str]]
+    unknown: int
+    failed: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.lost and not self.overlapping
+
+
+def read_history(path: Path) -> Iterator[dict[str, Any]]:
+    """The history's operations; a torn last line (a kill mid-write) is skipped."""
+    with open(path) as file:
+        for number, line in enumerate(file, 1):
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                if line.endswith("\n"):
+                    raise CorruptStorage(f"{path}:{number}: not a history line: {line[:80]!r}") from None
+
+
+def verify_history(cluster: Cluster) -> Verdict:
+    """Check every acknowledged record against the acceptors' WAL (their processes stopped).
+
+    Each acknowledged record must be present, unchanged, at its LSN on a majority of the
+    acceptors, and no two acknowledged records may share an LSN.
+    """
+    cfg = cluster.load()
+    operations = list(read_history(cluster.history_file)) if cluster.history_file.exists() else []
+    acks = {op["key"]: op for op in operations if op["op"] == "ack"}
+    outcomes = {op["key"] for op in operations if op["op"] in ("ack", "fail")}
+    failed = sum(1 for op in operations if op["op"] == "fail" and op["definite"])
+    unknown = sum(1 for op in operations if op["op"] == "invoke" and op["key"] not in outcomes)
+    unknown += sum(1 for op in operations if op["op"] == "fail" and not op["definite"])
+    ranges = sorted((op["lsn"] - op["size"], op["lsn"], key) for key, op in acks.items())
+    overlapping = [(a[2], b[2]) for a, b in zip(ranges, ranges[1:]) if b[0] < a[1]]
+    quorum = len(cfg.acceptors) // 2 + 1
+    lost = []
+    with contextlib.ExitStack() as stack:
+        wals = {node: stack.enter_context(_open_wal(cluster.dir / node, cfg.segment_size)) for node in cfg.acceptors}
+        for begin, end, key in ranges:
+            expected = record_bytes(key, end - begin)
+            holders = [node for node, wal in wals.items() if _holds(wal, begin, end, expected)]
+            if len(holders) < quorum:
+                lost.append((key, end, holders))
+    return Verdict(len(acks), lost, overlapping, unknown, failed)
+
+
+@contextlib.contextmanager
+def _open_wal(directory: Path, segment_size: int) -> Iterator[FileWal | None]:
+    try:
+        wal = FileWal.open(directory, segment_size=segment_size)
+    except FileNotFoundError:
+        yield None
+        return
+    with wal:
+        yield wal
+
+
+def _holds(wal: FileWal | None, begin: int, end: int, expected: bytes) -> bool:
+    if wal is None or begin < wal.start_lsn or end > wal.flush_lsn:
+        return False
+    return wal.read(begin, end) == expected
+
