@@ -32,8 +32,10 @@ from impl.trace import (
     message_view,
     position,
     read_events,
+    resume_tracer,
     wal_terms,
 )
+from impl.storage import CorruptStorage
 from impl.wire import (
     IMPLEMENTATION_ONLY,
     MESSAGE_TYPES,
@@ -430,3 +432,41 @@ def test_trace_final_acceptor_wal_is_the_committed_entry(committed_run: Cluster)
     assert len(holding) >= 2, last
     assert last["p1"]["prop_commit"] == 6
     assert last["p1"]["prop_wal"] == [[1, 5]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Resuming a trace after a restart
+# ---------------------------------------------------------------------------------------------
+
+
+def _trace_file(path: Path, events: int, sends_every: int) -> None:
+    lines = []
+    for i in range(events):
+        sent = [{"id": f"p1:{i}", "to": "a1", "msg": {}}] if i % sends_every == 0 else []
+        lines.append(json.dumps({"lc": i + 1, "sent": sent, "pad": "x" * (i % 300)}))
+    path.write_text("\n".join(lines) + "\n\n")
+
+
+@pytest.mark.parametrize("events, sends_every", [(5000, 7), (3, 5), (1, 1)])
+def test_resume_takes_the_clock_and_the_last_id_from_the_tail(tmp_path: Path, events: int, sends_every: int) -> None:
+    path = tmp_path / "p1.ndjson"
+    _trace_file(path, events, sends_every)
+    tracer = resume_tracer("p1", 0, path, io.StringIO())
+    assert tracer.lc == events
+    assert tracer._sent == max(i for i in range(events) if i % sends_every == 0)
+
+
+def test_resume_of_an_empty_trace_starts_at_zero(tmp_path: Path) -> None:
+    path = tmp_path / "p1.ndjson"
+    path.write_text("")
+    tracer = resume_tracer("p1", 0, path, io.StringIO())
+    assert (tracer.lc, tracer._sent) == (0, 0)
+
+
+def test_resume_refuses_a_damaged_tail(tmp_path: Path) -> None:
+    path = tmp_path / "p1.ndjson"
+    _trace_file(path, 10, 3)
+    with path.open("a") as file:
+        file.write('{"lc": 11, "sent": [{"id"\n')
+    with pytest.raises(CorruptStorage, match="line 1 from the end is not JSON"):
+        resume_tracer("p1", 0, path, io.StringIO())
