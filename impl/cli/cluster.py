@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import collections
 import math
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -143,7 +144,9 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     for line in report.lines():
         print(line)
-    print("chaos: PASSED" if report.ok else "chaos: FAILED")
+    if report.ok and args.dir is None:
+        shutil.rmtree(directory)  # a passing run's gigabytes of traces are not worth keeping
+    print("chaos: PASSED" if report.ok else f"chaos: FAILED (the run is kept in {directory})")
     return 0 if report.ok else 1
 
 
@@ -209,7 +212,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     chaos.add_argument("--seconds", type=float, default=60.0, metavar="S", help="the fault phase (default 60)")
     chaos.add_argument("--seed", type=int, default=0, help="chooses the faults and their timing (default 0)")
-    chaos.add_argument("--dir", type=Path, metavar="DIR", help="an empty or new directory (default: a new temporary one)")
+    chaos.add_argument("--dir", type=Path, metavar="DIR", help="an empty or new directory, kept afterwards (default: a new temporary one, removed if the run passes)")
     chaos.add_argument("--clients", type=positive_int, default=4, metavar="C", help="load clients (default 4)")
     chaos.add_argument("--size", type=positive_int, default=1024, metavar="B", help="record size (default 1024)")
     chaos.set_defaults(handler=_cmd_chaos)
