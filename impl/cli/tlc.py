@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from conformance.mutants import MODEL_MODULE, MutantResult, check_mutant, load_mutants
+from conformance.mutants import MODEL_MODULE, MutantResult, check_mutant, config_module, load_mutants
 from conformance.tlc import TlcResult, TraceState, format_value, run_tlc
 from impl.cli.common import CliError, ProgressDisplay, duration, find_spec_dir, positive_int, thousands
 
@@ -25,8 +25,10 @@ _VIOLATIONS = ("invariant", "property", "deadlock")
 DETERMINISTIC_SEARCH = ("-fp", "0")
 
 
-def _model_module(spec_dir: Path) -> Path:
-    module = spec_dir / MODEL_MODULE
+def _model_module(spec_dir: Path, config: Path | None = None) -> Path:
+    """The module `config` names in its `\\* module:` header (spec/models/horizons.cfg:
+    MCHorizons.tla), else MODEL_MODULE; it must exist."""
+    module = spec_dir / MODEL_MODULE if config is None else config_module(config, spec_dir)
     if not module.is_file():
         raise CliError(f"model module {module} does not exist")
     return module
@@ -89,7 +91,8 @@ def _print_summary(result: TlcResult, out: TextIO) -> None:
 
 def _cmd_tlc_check(args: argparse.Namespace) -> int:
     spec_dir = find_spec_dir(args)
-    module, config = _model_module(spec_dir), _model_config(spec_dir, args.model)
+    config = _model_config(spec_dir, args.model)
+    module = _model_module(spec_dir, config)
     print(f"TLC: {config.name} on {module.name}, {args.workers} worker(s)", file=sys.stderr)
     display = ProgressDisplay(sys.stderr)
     try:
@@ -139,7 +142,7 @@ def _print_mutant_table(results: Sequence[MutantResult], out: TextIO) -> None:
 def _cmd_tlc_mutants(args: argparse.Namespace) -> int:
     spec_dir = find_spec_dir(args)
     _model_module(spec_dir)
-    mutants = load_mutants(spec_dir)
+    mutants = load_mutants(spec_dir, subdirectories=True)
     if args.only:
         known = {m.name for m in mutants}
         unknown = [name for name in args.only if name not in known]
@@ -183,9 +186,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "check",
         help="check one model: spec/models/NAME.cfg",
         description=(
-            f"Run TLC on spec/models/NAME.cfg with {MODEL_MODULE}. Exit 0 if every invariant and "
-            "property holds, 1 with the counterexample on a violation, 2 if the spec does not "
-            "parse or TLC fails."
+            f"Run TLC on spec/models/NAME.cfg with {MODEL_MODULE}, or with the module the config "
+            "names in a '\\* module: X.tla' header line (--model horizons: MCHorizons.tla). Exit 0 "
+            "if every invariant and property holds, 1 with the counterexample on a violation, 2 "
+            "if the spec does not parse or TLC fails."
         ),
     )
     check.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME", help=f"model name (default {DEFAULT_MODEL})")
@@ -199,8 +203,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "mutants",
         help="check that TLC refutes every spec mutant",
         description=(
-            "Run every spec/mutants/*.cfg: TLC must violate the mutant's expected invariant, "
-            "and pass the same config with its MUTATION lines removed. Exit 0 iff all are refuted."
+            "Run every spec/mutants/*.cfg, then every spec/mutants/*/*.cfg (other specs' "
+            "catalogues, e.g. horizons/ for MCHorizons.tla): TLC must violate the mutant's "
+            "expected invariant, and pass the same config with its MUTATION lines removed. "
+            "Exit 0 iff all are refuted."
         ),
     )
     mutants.add_argument("--only", nargs="+", metavar="NAME", help="run only these mutants")
