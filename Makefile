@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup java test demo tlc tlc-full mutants impl-mutants check coverage sim bench soak clean
+.PHONY: setup java test demo tlc tlc-full mutants impl-mutants check coverage sim bench soak sim-soak clean
 
 setup: $(STAMP) java
 
@@ -62,9 +62,18 @@ bench: setup
 	$(BIN)/paxwal bench sim
 	$(BIN)/paxwal bench trace
 	$(BIN)/paxwal bench replay
+	$(BIN)/paxwal bench commit
+	$(BIN)/paxwal bench ingest
 
-# The long campaign, on demand: 20,000 seeds with longer fault phases.
+# The long chaos run on a real cluster, on demand: kill -9, pauses and restarts under load for
+# SOAK_SECONDS (10 minutes by default); `make test` runs a 60-second smoke of it.
+SOAK_SECONDS ?= 600
+SOAK_SEED ?= 0
 soak: setup
+	$(BIN)/paxwal chaos --seconds $(SOAK_SECONDS) --seed $(SOAK_SEED)
+
+# The long simulator campaign, on demand: 20,000 seeds with longer fault phases.
+sim-soak: setup
 	$(BIN)/paxwal sim --seeds 0:20000 --steps 6000
 
 clean:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from bench import replay, sim, trace
+from bench import commit, ingest, replay, sim, trace
 
-BENCHMARKS: dict[str, ModuleType] = {module.NAME: module for module in (sim, trace, replay)}
+BENCHMARKS: dict[str, ModuleType] = {module.NAME: module for module in (sim, trace, replay, commit, ingest)}
 
 __all__ = ["BENCHMARKS"]

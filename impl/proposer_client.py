@@ -28,6 +28,10 @@ Rules of this file:
 5. Appends are pipelined and told their fate.  `append` returns the record's end LSN once
    commit_lsn covers it.  At most a window (`ProposerConfig.window`) of bytes is
    uncommitted at once; later appends wait in order for room, which is the back-pressure.
+   Appends that wait together (queued in the inbox, or for room) enter the core as one
+   `new_entry` of their records concatenated, as many as the window holds: the WAL is a
+   byte stream, so this is the same WAL, sent in fewer AppendRequests and acked by fewer
+   fsyncs, and each append still gets its own record's end LSN.
    A restart fails the appends the core took with `AppendFailed` (outcome unknown: the
    record may be committed by the next leader or lost), and those still waiting for room
    with `NotLeader` (never written).
@@ -202,18 +206,38 @@ class Proposer:
             event = None
             with trio.move_on_at(min(self._timers.values(), default=math.inf)):
                 event = await self._inbox.receive()
-            match event:
-                case None:
-                    self._fire_timers()
-                case Received(conn=conn, frame=frame):
-                    if not conn.closed:  # else the core has forgotten that connection (rule 4)
-                        self._receive(conn, frame)
-                case _Connected(conn=conn):
-                    self._connected(conn)
-                case Lost(conn=conn, reason=reason):
-                    self._drop(conn, reason)
-                case _Append():
-                    self._admit(event)
+            if event is None:
+                self._fire_timers()
+            while event is not None:
+                event = self._handle(event)
+
+    def _handle(self, event: _Connected | Received | Lost | _Append) -> _Connected | Received | Lost | _Append | None:
+        """Handle one inbox event; an append takes those queued behind it along (rule 5).
+
+        Returns:
+            The event taken from the inbox after such a batch, to be handled next, or None.
+        """
+        match event:
+            case Received(conn=conn, frame=frame):
+                if not conn.closed:  # else the core has forgotten that connection (rule 4)
+                    self._receive(conn, frame)
+            case _Connected(conn=conn):
+                self._connected(conn)
+            case Lost(conn=conn, reason=reason):
+                self._drop(conn, reason)
+            case _Append():
+                batch = [event]
+                while True:
+                    try:
+                        event = self._inbox.receive_nowait()
+                    except trio.WouldBlock:
+                        event = None
+                    if not isinstance(event, _Append):
+                        break
+                    batch.append(event)
+                self._admit(batch)
+                return event
+        return None
 
     def _apply(self, effects: Effects) -> None:
         """Run a core call's effects, then note whether it leads now."""
@@ -262,22 +286,38 @@ class Proposer:
                 del self._timers[name]
                 self._apply(self.core.on_timer(name))
 
-    def _admit(self, op: _Append) -> None:
-        """Take `op` into the WAL, or queue it behind others waiting for room (rule 5)."""
+    def _admit(self, ops: list[_Append]) -> None:
+        """Take `ops` into the WAL, behind others waiting for room, as room allows (rule 5)."""
         if self.core.phase != "leader":
-            op.fail(NotLeader(f"proposer {self.node} is not the leader (phase {self.core.phase})"))
-        elif self._waiting or not self._has_room(len(op.record)):
-            self._waiting.append(op)
-        else:
-            self._new_entry(op)
+            for op in ops:
+                op.fail(NotLeader(f"proposer {self.node} is not the leader (phase {self.core.phase})"))
+            return
+        self._waiting.extend(ops)
+        self._take_waiting()
 
-    def _has_room(self, size: int) -> bool:
+    def _take_waiting(self) -> None:
+        """Move the appends waiting for room into the WAL, as many as the window holds, as
+        one entry (rule 5).  A record larger than the window goes alone, once nothing else
+        is uncommitted."""
+        if not self._waiting or self.core.phase != "leader":
+            return
         uncommitted = self.core.wal_end - self.core.commit_lsn
-        return uncommitted == 0 or uncommitted + size <= self.core.config.window
-
-    def _new_entry(self, op: _Append) -> None:
-        end, effects = self.core.new_entry(op.record)
-        self._pending.append((end, op))
+        window = self.core.config.window
+        batch: list[_Append] = []
+        while self._waiting and (
+            uncommitted == 0 or uncommitted + len(self._waiting[0].record) <= window
+        ):
+            op = self._waiting.popleft()
+            batch.append(op)
+            uncommitted += len(op.record)
+        if not batch:
+            return
+        record = batch[0].record if len(batch) == 1 else b"".join(op.record for op in batch)
+        end, effects = self.core.new_entry(record)
+        op_end = end - len(record)
+        for op in batch:  # each append learns its own record's end
+            op_end += len(op.record)
+            self._pending.append((op_end, op))
         self._apply(effects)
 
     # -----------------------------------------------------------------------------------
@@ -313,8 +353,7 @@ class Proposer:
         while self._pending and self._pending[0][0] <= commit_lsn:
             end, op = self._pending.popleft()
             op.succeed(end)
-        while self._waiting and self.core.phase == "leader" and self._has_room(len(self._waiting[0].record)):
-            self._new_entry(self._waiting.popleft())
+        self._take_waiting()
 
     def _reset(self, backoff: int) -> None:
         """The core restarted: close every connection, fail the appends in flight (rules 4, 5)."""
