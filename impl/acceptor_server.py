@@ -40,6 +40,19 @@ Rules of this file:
    at once from the core's fields, on whatever connection asked, which stays anonymous: no
    core call, no trace event, no state change.
 
+8. Offload runs beside the core, never in its way (impl/offload.py).  With object storage
+   configured (`remote`), an `Offloader` runs in tasks of its own: it reads the core's LSNs
+   between awaits and never calls the core, reads only completed segments below
+   commit_lsn in threads of its own (a separate thread limiter), and logs and retries
+   every error of the store.  Its one storage change, removing old segments
+   (`FileWal.remove_below`), is queued on the disk task like any storage operation, so no
+   other operation ever sees a segment vanish mid-way.  A `SendWal` whose range begins
+   below the local WAL's start is read in two parts: the local part on the disk task at
+   its turn, the removed part from object storage by a task of its own, which then sends
+   the whole through the driver; if the store fails the reply is lost, as the network may
+   lose it, and the proposer's election timer retries.  `set_remote_consistent_lsn` takes
+   the pageserver's horizon and persists it; removal waits for it.
+
 Group commit: a `Flush` covers every `WriteWal` run since the previous one; `stats` counts
 fsyncs and how many writes each covered.
 """
@@ -70,6 +83,16 @@ from impl.effects import (
     TruncateWal,
     WriteWal,
 )
+from impl.offload import (
+    REMOTE_THREADS,
+    LocalHorizons,
+    OffloadConfig,
+    Offloader,
+    Positions,
+    RemoteWal,
+    check_wal_available,
+)
+from impl.remote import RemoteStorage, check_key
 from impl.storage import CorruptStorage
 from impl.trace import open_trace
 from impl.wal import DEFAULT_SEGMENT_SIZE, FileWal
@@ -123,6 +146,14 @@ class _Done:
     then: Callable[[], Awaitable[None]]
 
 
+@attrs.frozen(eq=False)
+class _RemoveWal:
+    """A storage operation of the offloader's (rule 8): FileWal.remove_below(limit)."""
+
+    limit: int
+    done: trio.Event
+
+
 class AcceptorServer:
     """One running acceptor: its core, its storage and its connections.
 
@@ -133,9 +164,21 @@ class AcceptorServer:
         core: the AcceptorCore (read its state from the driver's side only: between awaits).
         port: the TCP port it listens on.
         stats: group-commit counters.
+        offloader: the Offloader (rule 8), or None without object storage.
+        fallback_reads: WalData replies read partly from object storage (rule 8).
     """
 
-    def __init__(self, core: AcceptorCore, wal: FileWal, control: FileControlStorage, port: int) -> None:
+    def __init__(
+        self,
+        core: AcceptorCore,
+        wal: FileWal,
+        control: FileControlStorage,
+        port: int,
+        *,
+        horizons: LocalHorizons | None = None,
+        remote_wal: RemoteWal | None = None,
+        offload: OffloadConfig = OffloadConfig(),
+    ) -> None:
         self.core = core
         self.port = port
         self.stats = GroupCommitStats()
@@ -151,6 +194,18 @@ class AcceptorServer:
         self._settled = trio.Event()  # set when a completion leaves the core idle
         # The proposer the core last followed, and its term (status only).
         self._leader: tuple[str, int] = ("", 0)
+        # Rule 8: horizons, object storage and the tasks that use it.
+        self._horizons = horizons if horizons is not None else LocalHorizons.load(wal.directory)
+        self._remote_wal = remote_wal
+        self._remote_threads = trio.CapacityLimiter(REMOTE_THREADS)
+        self._nursery: trio.Nursery | None = None
+        self.offloader: Offloader | None = None
+        self.fallback_reads = 0
+        if remote_wal is not None:
+            self.offloader = Offloader(
+                core.node, wal, remote_wal, self._horizons, offload, wal_start=core.wal_start,
+                positions=self._positions, remove_below=self._remove_below, limiter=self._remote_threads,
+            )
 
     # -----------------------------------------------------------------------------------
     # The driver (rule 1)
@@ -249,35 +304,139 @@ class AcceptorServer:
         await self._run(completion())
 
     async def _storage(self) -> None:
-        """The disk task: storage operations in order, each completion back to the driver."""
+        """The disk task: storage operations in order, each completion back to the driver.
+
+        The WAL writes queued one after the other, and the Flush right behind them if it is
+        queued too, run in one thread call: a thread round trip costs about as much as
+        writing a 1 KiB record, and the core asks for them together.
+        """
         async for effect in self._disk:
-            done = await self._store(effect)
+            writes: list[WriteWal] = []
+            while isinstance(effect, WriteWal):
+                writes.append(effect)
+                try:
+                    effect = self._disk.receive_nowait()
+                except trio.WouldBlock:
+                    effect = None
+            if writes:
+                flush = isinstance(effect, Flush)
+                await trio.to_thread.run_sync(self._write_run, writes, flush)
+                self.stats.writes += len(writes)
+                self._unflushed_writes += len(writes)
+                if flush:
+                    effect = None
+                    await self._inbox_send.send(_Done(self._flushed()))
+            done = None if effect is None else await self._store(effect)
             if done is not None:
                 await self._inbox_send.send(_Done(done))
 
+    def _write_run(self, writes: list[WriteWal], flush: bool) -> None:
+        """In a worker thread: the writes in order, then an fsync if asked."""
+        for write in writes:
+            self._wal.write(write.lsn, write.data)
+        if flush:
+            self._wal.flush()
+
+    def _flushed(self) -> Callable[[], Awaitable[None]]:
+        """Count a finished Flush; the driver's part of its completion."""
+        self.stats.fsyncs += 1
+        self.stats.writes_per_fsync[self._unflushed_writes] += 1
+        self._unflushed_writes = 0
+        return lambda: self._run_completion(self.core.on_flushed)
+
     async def _store(self, effect: Any) -> Callable[[], Awaitable[None]] | None:
-        """Run one storage operation; what the driver must do after it, if anything."""
+        """Run one storage operation other than a WAL write; what the driver must do after
+        it, if anything."""
         match effect:
-            case WriteWal(lsn=lsn, data=data):
-                await trio.to_thread.run_sync(self._wal.write, lsn, data)
-                self.stats.writes += 1
-                self._unflushed_writes += 1
             case TruncateWal(lsn=lsn):
                 await trio.to_thread.run_sync(self._wal.truncate, lsn)
             case Flush():
                 await trio.to_thread.run_sync(self._wal.flush)
-                self.stats.fsyncs += 1
-                self.stats.writes_per_fsync[self._unflushed_writes] += 1
-                self._unflushed_writes = 0
-                return lambda: self._run_completion(self.core.on_flushed)
+                return self._flushed()
             case PersistControl(state=state):
                 await trio.to_thread.run_sync(self._control.store, state)
                 return lambda: self._run_completion(self.core.on_persisted)
             case SendWal(to=to, term=term, begin_lsn=begin, end_lsn=end):
-                wal = await trio.to_thread.run_sync(self._wal.read, begin, end)
+                local = max(begin, self._wal.start_lsn)
+                wal = await trio.to_thread.run_sync(self._wal.read, local, end) if local < end else b""
+                if begin < local:  # removed here: the older part comes from object storage (rule 8)
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._send_offloaded, effect, min(local, end), wal)
+                    return None
                 data = WalData(acceptor=self.core.node, term=term, begin_lsn=begin, end_lsn=end, wal=wal)
                 return lambda: self._send(to, encode(data))
+            case _RemoveWal(limit=limit, done=done):
+                await trio.to_thread.run_sync(self._wal.remove_below, limit)
+                done.set()
         return None
+
+    # -----------------------------------------------------------------------------------
+    # Offload (rule 8)
+    # -----------------------------------------------------------------------------------
+
+    @property
+    def local_start_lsn(self) -> int:
+        """The first LSN still on disk (above the WAL's start once old segments are removed)."""
+        return self._wal.start_lsn
+
+    @property
+    def remote_consistent_lsn(self) -> int:
+        """The pageserver's remote_consistent_lsn as last reported (persisted)."""
+        return self._horizons.remote_consistent_lsn
+
+    async def set_remote_consistent_lsn(self, lsn: int) -> int:
+        """Take the pageserver's remote_consistent_lsn (issue 8): the WAL below it is in the
+        pageserver's uploaded layers, so the acceptor may remove it once it is offloaded too.
+
+        Persisted (atomically, in the data directory's `horizons` file) before it returns;
+        it only moves forward: a lower value is ignored.
+
+        Args:
+            lsn: the pageserver's remote_consistent_lsn.
+
+        Returns:
+            The remote_consistent_lsn now stored.
+
+        Raises:
+            ValueError: `lsn` is not an int >= 0.
+            OSError: storing it failed (the old value stays in force).
+        """
+        if type(lsn) is not int or lsn < 0:
+            raise ValueError(f"remote_consistent_lsn must be an int >= 0, got {lsn!r}")
+        state = await self._horizons.advance(remote_consistent_lsn=lsn)
+        if self.offloader is not None:
+            self.offloader.wake()
+        return state.remote_consistent_lsn
+
+    def _positions(self) -> Positions:
+        return Positions(self.core.flush_lsn, self.core.commit_lsn, self._wal.start_lsn)
+
+    async def _remove_below(self, limit: int) -> int:
+        """FileWal.remove_below(limit), on the disk task in order; the new local start."""
+        done = trio.Event()
+        self._disk_send.send_nowait(_RemoveWal(limit, done))
+        await done.wait()
+        return self._wal.start_lsn
+
+    async def _send_offloaded(self, effect: SendWal, split: int, local: bytes) -> None:
+        """Finish a SendWal whose [begin, split) was removed here: read it from object
+        storage, then send it with the `local` part through the driver."""
+        if self._remote_wal is None:
+            log.error("acceptor %s: WAL [%s, %s) for %s was removed and no object storage is configured",
+                      self.core.node, format_lsn(effect.begin_lsn), format_lsn(split), effect.to)
+            return
+        try:
+            older = await trio.to_thread.run_sync(
+                self._remote_wal.read, effect.begin_lsn, split, limiter=self._remote_threads, abandon_on_cancel=True
+            )
+        except Exception as exc:  # noqa: BLE001 - whatever the store did, the reply is lost (rule 8)
+            log.warning("acceptor %s: WAL [%s, %s) for %s is not on disk and object storage failed: %s",
+                        self.core.node, format_lsn(effect.begin_lsn), format_lsn(split), effect.to, exc)
+            return
+        data = WalData(acceptor=self.core.node, term=effect.term, begin_lsn=effect.begin_lsn,
+                       end_lsn=effect.end_lsn, wal=older + local)
+        self.fallback_reads += 1
+        await self._inbox_send.send(_Done(lambda: self._send(effect.to, encode(data))))
 
     async def _send(self, peer: str, frame: bytes) -> None:
         """Queue `frame` for `peer`'s connection without waiting (rule 3)."""
@@ -314,6 +473,9 @@ async def serve_acceptor(
     trace_path: str | os.PathLike[str] | None = None,
     *,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
+    remote: RemoteStorage | None = None,
+    remote_prefix: str = "paxwal",
+    offload: OffloadConfig = OffloadConfig(),
     task_status: trio.TaskStatus[AcceptorServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run acceptor `node` on `data_dir`, serving proposers on `host`:`port`, until cancelled.
@@ -325,6 +487,11 @@ async def serve_acceptor(
         wal_start: where a fresh WAL starts (the cluster's configuration).
         trace_path: append the node's trace here (ndjson), or None for no trace.
         segment_size: the WAL's segment size (the cluster's configuration).
+        remote: object storage to offload completed WAL segments to (module docstring,
+            rule 8), or None for no offload (then no WAL is ever removed).
+        remote_prefix: the key prefix of this WAL's objects; the same for every acceptor of
+            the cluster, and different for every cluster sharing the store.
+        offload: the offload tuning (heartbeat, lease, poll, backoff).
         task_status: `started(server)` once it listens (use with `nursery.start`).
 
     Resource handling:
@@ -333,7 +500,10 @@ async def serve_acceptor(
 
     Error handling:
         Raises CorruptStorage before listening if the directory is damaged (the message
-        names the file and the problem), or OSError if the port cannot be bound.  A bad or
+        names the file and the problem), or if WAL was removed locally and object storage
+        does not hold it (impl/offload.py, rule 6); ValueError for a bad `remote_prefix`;
+        OSError if the port cannot be bound.  Object storage failing later is logged and
+        retried by the offloader; it never stops the acceptor.  A bad or
         vanished peer closes only its connection, logged (see the module docstring).
     """
     with contextlib.ExitStack() as stack:
@@ -346,9 +516,16 @@ async def serve_acceptor(
                 f"acceptor {node}: {data_dir} holds a WAL starting at {format_lsn(core.wal_start)},"
                 f" not at the configured {format_lsn(wal_start)}"
             )
+        horizons = LocalHorizons.load(data_dir)
+        remote_wal = None if remote is None else RemoteWal(remote, check_key(remote_prefix), segment_size)
+        await trio.to_thread.run_sync(check_wal_available, node, core.wal_start, wal.start_lsn, remote_wal)
         listeners = await trio.open_tcp_listeners(port, host=host)
-        server = AcceptorServer(core, wal, control, listeners[0].socket.getsockname()[1])
+        server = AcceptorServer(
+            core, wal, control, listeners[0].socket.getsockname()[1],
+            horizons=horizons, remote_wal=remote_wal, offload=offload,
+        )
         async with trio.open_nursery() as nursery:
+            server._nursery = nursery
             nursery.start_soon(server._drive)
             nursery.start_soon(server._storage)
             await server._run(startup)  # an interrupted truncation is finished before anyone talks
@@ -357,4 +534,6 @@ async def serve_acceptor(
             await nursery.start(trio.serve_listeners, server._serve_connection, listeners)
             log.info("acceptor %s listening on %s:%d (term %d, flush %s)", node, host, server.port,
                      core.term, format_lsn(core.flush_lsn))
+            if server.offloader is not None:
+                await nursery.start(server.offloader.run)
             task_status.started(server)
