@@ -10,6 +10,8 @@ status`, `paxwal load`, the chaos runner) works from any shell given only `--dir
     DIR/<acceptor>/        the acceptor's data: control file and WAL segments
     DIR/logs/<node>.log    the stderr of each process (appended across restarts)
     DIR/pids/<node>.pid    the pid of a running process, written by whoever started it
+    DIR/remote/            the object store (LocalFs) the acceptors offload WAL to, unless
+                           cluster.json names another (`cluster up --remote`)
     DIR/run/               the run directory: each node's trace (<node>.ndjson), run.json
                            naming the cluster, and history.jsonl, the clients' history
 
@@ -78,11 +80,16 @@ class ClusterConfig:
         acceptors: acceptor id -> its TCP port on 127.0.0.1, in id order.
         wal_start: the LSN every WAL starts at.
         segment_size: the WAL segment size of every acceptor.
+        remote: the object store the acceptors offload WAL to: a directory (relative to the
+            cluster's directory unless absolute) or s3://BUCKET[/PREFIX].
+        remote_prefix: the key prefix of the WAL's objects in it.
     """
 
     acceptors: dict[str, int]
     wal_start: int = 0
     segment_size: int = DEFAULT_SEGMENT_SIZE
+    remote: str = "remote"
+    remote_prefix: str = "timelines/main"
 
     def to_json(self) -> str:
         return json.dumps({"version": CONFIG_VERSION, **attrs.asdict(self)}, indent=1) + "\n"
@@ -156,14 +163,15 @@ class Cluster:
             raise ClusterError(f"no cluster in {self.dir} (no {CONFIG_FILE}; start one with `paxwal cluster up --dir {self.dir}`)") from None
         return ClusterConfig.from_json(text, self.config_file)
 
-    def create(self, acceptors: int, wal_start: int = 0, segment_size: int = DEFAULT_SEGMENT_SIZE) -> ClusterConfig:
+    def create(self, acceptors: int, wal_start: int = 0, segment_size: int = DEFAULT_SEGMENT_SIZE,
+               remote: str = "remote") -> ClusterConfig:
         """Write a new configuration with `acceptors` acceptors a1..aN on free ports (rule 1)."""
         if acceptors < 1:
             raise ClusterError(f"a cluster needs at least one acceptor, not {acceptors}")
         if self.exists():
             raise ClusterError(f"{self.config_file} exists already")
         names = [f"a{i}" for i in range(1, acceptors + 1)]
-        config = ClusterConfig(dict(zip(names, free_ports(acceptors))), wal_start, segment_size)
+        config = ClusterConfig(dict(zip(names, free_ports(acceptors))), wal_start, segment_size, remote)
         for sub in ("logs", "pids", "run"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         _write_atomically(self.config_file, config.to_json())
@@ -207,7 +215,14 @@ class Cluster:
             sys.executable, "-m", "impl.cli", "acceptor", "--node", node, "--dir", str(self.dir / node),
             "--port", str(config.acceptors[node]), "--wal-start", str(config.wal_start),
             "--segment-size", str(config.segment_size), "--trace", str(self.run_dir / f"{node}.ndjson"),
+            "--remote", self.remote_location(config), "--remote-prefix", config.remote_prefix,
         ]
+
+    def remote_location(self, config: ClusterConfig) -> str:
+        """The object store's location as the acceptor processes are given it."""
+        if config.remote.startswith("s3://"):
+            return config.remote
+        return str(self.dir.resolve() / config.remote)
 
     def pid(self, node: str) -> int | None:
         """The pid of node's running process, or None (rule 2)."""
@@ -277,7 +292,7 @@ class Cluster:
         self.pid_file(node).unlink(missing_ok=True)
         return how
 
-    def up(self, acceptors: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> tuple[ClusterConfig, list[str]]:
+    def up(self, acceptors: int, segment_size: int = DEFAULT_SEGMENT_SIZE, remote: str = "remote") -> tuple[ClusterConfig, list[str]]:
         """Create the cluster if DIR has none, then start every node not running.
 
         Returns:
@@ -288,7 +303,7 @@ class Cluster:
             if len(config.acceptors) != acceptors:
                 raise ClusterError(f"the cluster in {self.dir} has {len(config.acceptors)} acceptors, not {acceptors}")
         else:
-            config = self.create(acceptors, segment_size=segment_size)
+            config = self.create(acceptors, segment_size=segment_size, remote=remote)
         started = []
         try:
             for node in config.acceptors:

@@ -49,7 +49,7 @@ import botocore.exceptions
 
 from impl.storage import fsync_dir
 
-__all__ = ["LocalFs", "NotFound", "ObjectInfo", "RemoteError", "RemoteStorage", "S3", "check_key"]
+__all__ = ["LocalFs", "NotFound", "ObjectInfo", "RemoteError", "RemoteStorage", "S3", "check_key", "open_remote"]
 
 # S3's limit on a key's UTF-8 length, and a file name's on Linux file systems.
 MAX_KEY_BYTES = 1024
@@ -602,3 +602,22 @@ class S3:
 
 def _code(exc: botocore.exceptions.ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def open_remote(location: str) -> RemoteStorage:
+    """The object store a command line or cluster configuration names.
+
+    ``s3://BUCKET[/PREFIX]`` is an S3 bucket (the endpoint, region and credentials come from
+    boto3's usual ``AWS_*`` variables, e.g. ``AWS_ENDPOINT_URL`` for a server on loopback);
+    anything else is a directory for ``LocalFs`` (a ``file://`` prefix is allowed).
+
+    Raises:
+        ValueError: an ``s3://`` location without a bucket, or with a bad prefix.
+    """
+    if location.startswith("s3://"):
+        bucket, _, prefix = location[len("s3://"):].partition("/")
+        if not bucket:
+            raise ValueError(f"object store {location!r} names no bucket (s3://BUCKET[/PREFIX])")
+        prefix = prefix.strip("/")
+        return S3(bucket, prefix=prefix + "/" if prefix else "")
+    return LocalFs(Path(location.removeprefix("file://")))

@@ -47,7 +47,8 @@ class WalStorage(Protocol):
 
     @property
     def start_lsn(self) -> int:
-        """The first LSN the log holds (fixed when it was created)."""
+        """The first LSN the log holds (where it was created, until old segments are
+        removed after offload: ``FileWal.remove_below``)."""
         ...
 
     @property

@@ -33,6 +33,20 @@ Theory of operation:
    2018 fsync bug), and the in-memory LSNs may no longer match the files. The caller must
    close it and reopen, which rescans the directory.
 
+7. ``open`` makes what it finds durable (fsyncs the open segment and the directory) before
+   reporting it as flushed. Bytes written but never fsynced may survive a crash (a kill -9
+   leaves them in the page cache; a power loss keeps whatever prefix reached the disk), and
+   the acceptor counts all it finds as flushed (spec/ProposerAcceptor.tla, RestartAcceptor:
+   any prefix of the written WAL at least as long as the flushed one survives, and is the
+   flushed WAL from then on): it may acknowledge them, so they must be durable first.
+   Completed segments need no fsync: each was fsynced before its rename (point 3).
+8. ``remove_below(lsn)`` deletes old completed segments once they are offloaded
+   (``impl/offload.py`` decides when), oldest first, fsyncing the directory after each
+   unlink: the survivors are always a gap-free suffix, so after a crash ``open`` finds a
+   WAL that starts later, ``start_lsn`` moves up, and ``read`` refuses the removed range
+   with ``ValueError`` (the caller reads it from object storage). It never removes the last
+   file. ``read_segment`` reads one completed segment by name, for the uploader's thread.
+
 Known limit: without framing or checksums, ``open`` cannot tell an unflushed tail the file
 system kept as zeros (size grown, data lost) from real data; it reports what it finds as
 flushed. The acceptor cross-checks the control file's ``flush_lsn`` hint and its term history.
@@ -44,6 +58,7 @@ replaces it with a virtual disk behind the same ``WalStorage`` protocol (``impl/
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import string
@@ -53,6 +68,7 @@ from pathlib import Path
 import attrs
 
 from impl.storage import CorruptStorage, fsync_dir
+from impl.wire import format_lsn
 
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",
@@ -68,6 +84,8 @@ DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 # One page: smaller segments only multiply files and fsyncs.
 MIN_SEGMENT_SIZE = 4096
 PARTIAL_SUFFIX = ".partial"
+
+log = logging.getLogger("paxwal.wal")
 
 _SEGMENT_NAME = re.compile(r"([0-9A-F]{16})((?:\.partial)?)")
 
@@ -251,18 +269,25 @@ class FileWal:
 
     @classmethod
     def open(
-        cls, directory: str | os.PathLike[str], segment_size: int = DEFAULT_SEGMENT_SIZE
+        cls,
+        directory: str | os.PathLike[str],
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        recorded_flush_lsn: int | None = None,
     ) -> FileWal:
         """Reopen an existing WAL, validating every segment file.
 
         Files that do not look like segments (``control``) are ignored. Everything found is
-        taken as flushed: ``write_lsn == flush_lsn ==`` the end of the data found. Nothing is
-        changed on disk; a state a crash left mid-completion (a full ``.partial``, or no
-        ``.partial``) is finished by the next write.
+        made durable, then taken as flushed (module docstring, point 7): the open segment
+        and the directory are fsynced, and ``write_lsn == flush_lsn ==`` the end of the data
+        found. Nothing else is changed on disk; a state a crash left mid-completion (a full
+        ``.partial``, or no ``.partial``) is finished by the next write.
 
         Args:
             directory: the WAL's directory.
             segment_size: the size it was created with.
+            recorded_flush_lsn: where the control file says the flushed WAL ends, if known;
+                bytes found beyond it (flushed since the control file was stored, or
+                written and never fsynced before a crash) are logged at INFO.
 
         Returns:
             The WAL, ready to write at its end.
@@ -272,6 +297,7 @@ class FileWal:
                 parse or is misaligned, a gap, a ``.partial`` that is not last, or a
                 segment of the wrong size. The message names the file.
             ValueError: a bad ``segment_size``.
+            OSError: an fsync failed (nothing found may be counted as flushed then).
         """
         _check_segment_size(segment_size)
         directory = Path(directory)
@@ -291,6 +317,22 @@ class FileWal:
         )
         if last.partial:
             wal._fd = os.open(last.path, os.O_RDWR)
+        try:
+            # Point 7: durable before it counts as flushed.
+            if wal._fd is not None:
+                os.fsync(wal._fd)
+            fsync_dir(directory)
+        except OSError:
+            wal._close_fd()
+            raise
+        end = wal._write_lsn
+        if recorded_flush_lsn is not None and end > recorded_flush_lsn:
+            log.info(
+                "WAL %s: found %d bytes beyond the flush_lsn %s the control file recorded"
+                " (flushed since, or written and not fsynced before a crash); fsynced,"
+                " the WAL ends at %s",
+                directory, end - recorded_flush_lsn, format_lsn(recorded_flush_lsn), format_lsn(end),
+            )
         return wal
 
     def _attach(
@@ -488,6 +530,75 @@ class FileWal:
             parts.append(chunk)
             pos += size
         return b"".join(parts)
+
+    def read_segment(self, start: int) -> bytes:
+        """The whole completed segment starting at ``start`` (module docstring, point 8).
+
+        Unlike ``read``, safe to call from another thread while the disk thread writes,
+        flushes or truncates, as long as the segment lies below the acceptor's commit_lsn
+        (no truncation reaches it) and nobody removes it meanwhile: it reads only a
+        completed file, by name, never the open segment's descriptor.
+
+        Args:
+            start: a segment start in ``[start_lsn, ...)`` whose segment is completed.
+
+        Returns:
+            ``segment_size`` bytes.
+
+        Raises:
+            ValueError: ``start`` is not a segment start, lies below ``start_lsn`` (removed),
+                or its segment is not completed yet (the open one, or beyond the WAL).
+            CorruptStorage: the file is shorter than a completed segment.
+            OSError: reading failed (the WAL stays usable: nothing was written).
+        """
+        self._check_usable()
+        # Read the tail before its flag: a roll sets the flag after moving the tail, so a
+        # stale pair errs towards "not completed".
+        tail, tail_partial = self._tail, self._tail_partial
+        completed = start < tail or (start == tail and not tail_partial)
+        if start % self._segment_size or start < self._start_lsn or not completed:
+            raise ValueError(
+                f"WAL read of segment {start:#x}: not a completed segment of"
+                f" [{self._start_lsn:#x}, {self._write_lsn:#x}) (segment size {self._segment_size:#x})"
+            )
+        path = self._directory / segment_name(start, False)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            data = _pread_exact(fd, self._segment_size, 0)
+        finally:
+            os.close(fd)
+        if len(data) != self._segment_size:
+            raise CorruptStorage(
+                f"WAL segment {path}: {len(data)} bytes, a completed segment has {self._segment_size}"
+            )
+        return data
+
+    def remove_below(self, lsn: int) -> int:
+        """Delete the segments entirely below ``lsn``; crash-safe (module docstring, point 8).
+
+        Only completed segments go, oldest first, each removal durable (directory fsync)
+        before the next, so a crash leaves a gap-free suffix that ``open`` takes as the WAL.
+        The last segment file is never removed (the WAL must keep one to reopen), nor
+        anything at or above ``min(lsn, flush_lsn)``.
+
+        Args:
+            lsn: the removal limit; a segment ``[S, S + segment_size)`` goes iff
+                ``S + segment_size <= min(lsn, flush_lsn)`` and it is not the last file.
+
+        Returns:
+            The new ``start_lsn``: reads below it raise ``ValueError``.
+
+        Raises:
+            OSError: an unlink or fsync failed; the WAL is now unusable (reopen it).
+        """
+        self._check_usable()
+        limit = min(lsn, self._flush_lsn)
+        with self._sticky_errors():
+            while self._start_lsn + self._segment_size <= limit and self._start_lsn < self._tail:
+                os.unlink(self._directory / segment_name(self._start_lsn, False))
+                fsync_dir(self._directory)
+                self._start_lsn += self._segment_size
+        return self._start_lsn
 
     # -- Lifetime --------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import pytest
 from conformance.replay import check_run
 from impl.cluster import Cluster, ClusterConfig, ClusterError, query_status
 from impl.load import record_bytes, verify_history
+from impl.remote import LocalFs
 from impl.wal import segment_name
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,7 +53,7 @@ def assert_traces_accepted(directory: Path) -> None:
 
 
 def test_up_status_load_down_and_up_again(cluster_dir: Path) -> None:
-    up = paxwal("cluster", "up", "--dir", str(cluster_dir))
+    up = paxwal("cluster", "up", "--dir", str(cluster_dir), "--segment-size", "65536")
     assert up.returncode == 0, up.stderr
     config = Cluster(cluster_dir).load()
     assert list(config.acceptors) == ["a1", "a2", "a3"]
@@ -91,6 +92,9 @@ def test_up_status_load_down_and_up_again(cluster_dir: Path) -> None:
 
     verdict = verify_history(Cluster(cluster_dir))
     assert verdict.ok and verdict.acked == acked
+    # Completed, committed segments were offloaded to the cluster's object store (DIR/remote).
+    offloaded = LocalFs(cluster_dir / "remote").list("timelines/main/wal/")
+    assert len(offloaded) >= (512 * acked) // 65536 - 1 > 0
 
 
 def test_commands_without_a_cluster_fail_with_one_line(tmp_path: Path) -> None:

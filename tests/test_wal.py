@@ -209,6 +209,35 @@ def test_reopen_after_write_flush_truncate(tmp_path, wal):
         assert w.read(0, 6000) == written[:6000]
 
 
+def test_reopen_fsyncs_what_it_finds_before_counting_it_flushed(tmp_path, wal, monkeypatch, caplog):
+    # Written, never fsynced: a kill -9 leaves it in the page cache.  open makes it durable
+    # (the open segment and the directory) before it reports it as flushed, since the
+    # acceptor may acknowledge it at once (spec RestartAcceptor keeps it as flushed).
+    written = _fill(wal, [SEG + 10])
+    wal.flush()
+    written += _fill(wal, [20])
+    wal.close()
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    caplog.set_level("INFO", logger="paxwal.wal")
+    with FileWal.open(tmp_path, SEG, recorded_flush_lsn=SEG + 10) as w:
+        assert (w.write_lsn, w.flush_lsn) == (SEG + 30, SEG + 30)
+        assert w.read(0, SEG + 30) == written
+    assert synced == [str(tmp_path / "0000000000001000.partial"), str(tmp_path)]
+    (record,) = caplog.records
+    assert record.levelname == "INFO" and "found 20 bytes beyond the flush_lsn 0/100A" in record.getMessage()
+    caplog.clear()
+    with FileWal.open(tmp_path, SEG, recorded_flush_lsn=SEG + 30):
+        pass  # nothing beyond what the control file recorded: nothing to say
+    assert caplog.records == []
+
+
 def test_reopen_ignores_unrelated_files(tmp_path, wal):
     _fill(wal, [SEG + 1])
     wal.close()

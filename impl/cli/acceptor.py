@@ -18,18 +18,23 @@ async def _serve_until_signalled(args: argparse.Namespace) -> str | None:
     import trio
 
     from impl.acceptor_server import serve_acceptor
+    from impl.remote import RemoteError, open_remote
     from impl.storage import CorruptStorage
 
+    try:
+        remote = None if args.remote is None else open_remote(args.remote)
+    except (ValueError, RemoteError) as exc:
+        return f"acceptor {args.node}: object store {args.remote}: {exc}"
     serve = functools.partial(
         serve_acceptor, args.node, args.dir, "127.0.0.1", args.port, args.wal_start, args.trace,
-        segment_size=args.segment_size,
+        segment_size=args.segment_size, remote=remote, remote_prefix=args.remote_prefix,
     )
     # Entered first, so a signal during startup is not lost to the default handlers.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             try:
                 await nursery.start(serve)
-            except CorruptStorage as exc:
+            except (CorruptStorage, ValueError) as exc:  # damaged data, a bad --remote-prefix
                 return str(exc)
             except OSError as exc:  # the port is taken, or the directory cannot be made
                 return f"acceptor {args.node} cannot start on 127.0.0.1:{args.port} with {args.dir}: {exc}"
@@ -75,5 +80,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--segment-size", type=segment_size, default=DEFAULT_SEGMENT_SIZE, metavar="BYTES",
         help=f"WAL segment size, a power of two (default {DEFAULT_SEGMENT_SIZE:,}); fixed for the directory's life",
     )
+    acceptor.add_argument(
+        "--remote", metavar="LOCATION",
+        help="offload completed WAL segments to this object store: a directory, or s3://BUCKET[/PREFIX]"
+             " with AWS_* variables for endpoint and credentials (default: no offload, no WAL removal)",
+    )
+    acceptor.add_argument("--remote-prefix", default="timelines/main", metavar="PREFIX",
+                          help="key prefix of this WAL's objects, shared by the cluster's acceptors (default timelines/main)")
     acceptor.add_argument("--trace", type=Path, metavar="FILE", help="append the node's ndjson trace to FILE")
     acceptor.set_defaults(handler=_cmd_acceptor)

@@ -24,7 +24,7 @@ def _cluster(args: argparse.Namespace) -> Cluster:
 def _cmd_up(args: argparse.Namespace) -> int:
     cluster = _cluster(args)
     try:
-        config, started = cluster.up(args.acceptors, args.segment_size)
+        config, started = cluster.up(args.acceptors, args.segment_size, args.remote)
     except ClusterError as exc:
         raise CliError(str(exc)) from None
     running = [n for n in config.acceptors if n not in started]
@@ -172,6 +172,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     up.add_argument("--acceptors", type=positive_int, default=3, metavar="N", help="number of acceptors (default 3)")
     up.add_argument("--segment-size", type=segment_size, default=DEFAULT_SEGMENT_SIZE, metavar="BYTES",
                     help=f"WAL segment size of a new cluster (default {DEFAULT_SEGMENT_SIZE:,})")
+    up.add_argument("--remote", default="remote", metavar="LOCATION",
+                    help="object store for WAL offload of a new cluster: a directory (relative to DIR) or"
+                         " s3://BUCKET[/PREFIX] with AWS_* variables for endpoint and credentials (default DIR/remote)")
     up.set_defaults(handler=_cmd_up)
     down = sub.add_parser("down", help="stop every node (SIGTERM, then SIGKILL after 10 s); data is kept",
                           description="Stop every node of the cluster in DIR; its data, logs and traces stay.")
