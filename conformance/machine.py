@@ -335,12 +335,16 @@ def CollectAck(model: Model, s: State, p: Any, m: Msg) -> State | Disabled:
 # ---------------------------------------------------------------------------------------------
 
 
-def RestartAcceptor(model: Model, s: State, a: Any, c: int) -> State | Disabled:
-    """The spec's `\\E c \\in 1..acc_commit[a]` is the parameter `c` here."""
+def RestartAcceptor(model: Model, s: State, a: Any, k: int, c: int) -> State | Disabled:
+    """The spec's `\\E k \\in acc_flush[a]..(Len(acc_wal[a]) + 1)` (the WAL that survives,
+    which is flushed from then on) and `\\E c \\in 1..acc_commit[a]` are the parameters."""
+    if not s.acc_flush[a] <= k <= len(s.acc_wal[a]) + 1:
+        return Disabled("RestartAcceptor", "k \\in acc_flush[a]..(Len(acc_wal[a]) + 1)")
     if not 1 <= c <= s.acc_commit[a]:
         return Disabled("RestartAcceptor", "c \\in 1..acc_commit[a]")
     return s.with_(
-        acc_wal=_set(s.acc_wal, a, s.acc_wal[a][: s.acc_flush[a] - 1]),
+        acc_wal=_set(s.acc_wal, a, s.acc_wal[a][: k - 1]),
+        acc_flush=_set(s.acc_flush, a, k),
         acc_term=_set(s.acc_term, a, s.acc_term[a]),  # TermAfterRestart
         acc_commit=_set(s.acc_commit, a, c),
     )
@@ -448,8 +452,9 @@ def successors(model: Model, s: State) -> Iterator[tuple[str, tuple[Any, ...], S
                     if t:
                         yield name, (p, m), t
     for a in model.acceptors:
-        for c in range(1, s.acc_commit[a] + 1):
-            yield "RestartAcceptor", (a, c), RestartAcceptor(model, s, a, c)
+        for k in range(s.acc_flush[a], len(s.acc_wal[a]) + 2):
+            for c in range(1, s.acc_commit[a] + 1):
+                yield "RestartAcceptor", (a, k, c), RestartAcceptor(model, s, a, k, c)
         t = Flush(model, s, a)
         if t:
             yield "Flush", (a,), t

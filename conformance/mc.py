@@ -33,7 +33,9 @@ a LoseMessage(m) step, i.e. where t is s minus one message, whatever action Next
 there: a RestartProposer of a proposer that has heard nothing, with one greeting reply in
 flight, is such a step and is cut too.  Likewise `NoAcceptorCrash` cuts a repeated
 ProposerElected that only discards unflushed WAL (it equals a restart that keeps
-commit_lsn).  So each predicate below takes the action name and arguments (the BFS has them)
+commit_lsn), and lets a Flush that sends nothing new through (it equals a restart that
+keeps everything: the constraint is written `RestartAcceptor(a) => Flush(a)`).  So each
+predicate below takes the action name and arguments (the BFS has them)
 but decides on (s, t) alone, by evaluating the constrained action of the TLA+ definition,
 for every value of its bound variables, as a relation between s and t.  (On the models of
 spec/models/machine_*.cfg the per-action reading happens to give the same counts: a state
@@ -168,15 +170,23 @@ def LiveGreetings(model: Model, s: State, action: str, args: tuple, t: State, ma
 
 
 def NoAcceptorCrash(model: Model, s: State, action: str, args: tuple, t: State, max_entries: int) -> bool:
-    """\\A a \\in Acceptors : ~RestartAcceptor(a)
+    """\\A a \\in Acceptors : RestartAcceptor(a) => Flush(a)
 
-    RestartAcceptor(a) has the bound variable c \\in 1..acc_commit[a] (machine: a parameter).
+    RestartAcceptor(a) has the bound variables k \\in acc_flush[a]..(Len(acc_wal[a]) + 1) and
+    c \\in 1..acc_commit[a] (machine: parameters).  A restart keeping all its WAL and its
+    commit_lsn equals a Flush that sends nothing new; the implication lets that pair through.
     """
-    return not any(
-        is_step(M.RestartAcceptor(model, s, a, c), t)
-        for a in model.acceptors
-        for c in range(1, s.acc_commit[a] + 1)
-    )
+    if len(t.msgs) != len(s.msgs):
+        return True  # RestartAcceptor(a) leaves msgs unchanged
+    for a in model.acceptors:
+        restart = any(
+            is_step(M.RestartAcceptor(model, s, a, k, c), t)
+            for k in range(s.acc_flush[a], len(s.acc_wal[a]) + 2)
+            for c in range(1, s.acc_commit[a] + 1)
+        )
+        if restart and not is_step(M.Flush(model, s, a), t):
+            return False
+    return True
 
 
 def Steady(model: Model, s: State, action: str, args: tuple, t: State, max_entries: int) -> bool:

@@ -629,8 +629,9 @@ class _Replayer:
             if m not in self.network:
                 raise _Reject(f"no Greeting from {args['from']} in the spec's network")
             self._machine_step(action, node, m)
-        elif action == "RestartAcceptor":
-            self._machine_step(action, node, data["state"].get("acc_commit", 1))
+        elif action == "RestartAcceptor":  # the WAL kept (now flushed) and commit_lsn: as logged
+            state = data["state"]
+            self._machine_step(action, node, state.get("acc_flush", 1), state.get("acc_commit", 1))
 
     # -- the logged state ----------------------------------------------------------------------
 

@@ -172,9 +172,20 @@ class AcceptorCore:
     ) -> tuple[AcceptorCore, Effects]:
         """An acceptor coming back from its disk.  Spec: RestartAcceptor.
 
+        Everything the WAL holds is flushed from now on: flush_lsn = wal_end.  A crash may
+        keep bytes that were written and never fsynced (kill -9 leaves them in the page
+        cache, a power loss any prefix the disk got); the spec's RestartAcceptor keeps any
+        prefix of the written WAL at least as long as the flushed one, and that prefix is
+        the flushed WAL from then on.  The shell must make it durable first (FileWal.open
+        fsyncs what it finds), since the core may acknowledge it at once.  What survives
+        matches `history`: WAL is written only while the history it belongs to is durable
+        (accept_elected persists the history, and finishes its cut, before any WAL of the
+        new term; the cut itself is fsynced before the pending flag is cleared).
+
         Args:
             control: the control file as loaded.
-            wal_end: where the durable WAL ends (everything before it survived).
+            wal_end: where the WAL found on disk ends, all of it durable (everything before
+                it survived).
 
         Returns:
             The core and the effects to run first: finishing a truncation that a crash
@@ -331,6 +342,13 @@ class AcceptorCore:
         self.history = msg.term_history
         self.write_lsn = self.flush_lsn = start
         self._leader = peer
+        # Order (RestartAcceptor keeps WAL written but never fsynced, so it relies on it):
+        # nothing is written between here and the end of the cut, since the core is busy
+        # (rule 2) and was not before (rule 2 again: no unflushed WAL at a ProposerElected).
+        # First the new history is durable, with the cut point pending; then the cut, which
+        # FileWal.truncate fsyncs; then the flag is cleared.  Only then can WAL of the new
+        # term be written, so any WAL a crash leaves matches the durable history, and none
+        # that the cut removed comes back.
 
         def elected() -> Effects:
             effects = self._emit("AcceptElected", (self._ack(peer),), meta)
@@ -519,7 +537,8 @@ def open_acceptor(
         )
     if not has_wal:
         raise CorruptStorage(f"acceptor {node}: control file {control_storage.path} exists but {directory} has no WAL segments")
-    wal = FileWal.open(directory, segment_size=segment_size)
+    # The WAL found is fsynced there, so all of it counts as flushed (RestartAcceptor).
+    wal = FileWal.open(directory, segment_size=segment_size, recorded_flush_lsn=control.flush_lsn)
     try:
         core, effects = AcceptorCore.restart_acceptor(control, wal.flush_lsn, tracer)
     except CorruptStorage:

@@ -26,7 +26,9 @@ deliver-all [S->D] [Type]          deliver every matching message in flight now,
 drop [S->D] [Type]                 lose every matching message in flight (LoseMessage)
 complete A [all]                   finish A's oldest (or every) outstanding flush/persist
 stabilize                          deliver and complete everything until nothing is left
-crash N / restart N                crash a node / bring it back (an acceptor from its disk)
+crash N [keep=K] / restart N       crash a node / bring it back (an acceptor from its disk);
+                                   a crashed acceptor loses its unflushed WAL but for the
+                                   first K bytes (default 0), which its restart flushes
 append P BYTES                     P's client appends the record BYTES (ASCII, no spaces)
 tick P TIMER                       fire P's timer (election, heartbeat)
 state N...                         the nodes' spec variables (for an acceptor waiting on its
@@ -224,8 +226,16 @@ class _Runner:
         self.s.stabilize()
 
     def cmd_crash(self, args: list[str]) -> None:
+        keep = 0
+        for arg in args:
+            if arg.startswith("keep="):
+                try:
+                    keep = int(arg.removeprefix("keep="))
+                except ValueError:
+                    raise ScenarioError(f"crash: keep= wants a number of bytes, not {arg!r}") from None
         for node in args:
-            self.s.crash(node)
+            if not node.startswith("keep="):
+                self.s.crash(node, keep)
 
     def cmd_restart(self, args: list[str]) -> None:
         for node in args:

@@ -14,8 +14,12 @@ against:
   if either end restarted since it was sent (replies are bound to connections, as the
   spec's RestartProposer drops messages addressed to the old incarnation);
 - a virtual disk per acceptor (`VirtualDisk`): a WAL whose unflushed tail a crash loses,
-  and a control file written atomically when a persist completes.  A flush or persist takes
-  a random time, and a crash before it completes undoes it;
+  all of it or all but a prefix (written bytes may outlive a crash without an fsync: a
+  kill -9 leaves them in the page cache, a power loss keeps what reached the disk), and a
+  control file written atomically when a persist completes.  A restart finds the WAL that
+  survived and makes it durable (as FileWal.open fsyncs it): it is flushed from then on,
+  the spec's RestartAcceptor.  A flush or persist takes a random time, and a crash before
+  it completes undoes it;
 - a client per proposer that appends records while it leads and records its history: each
   append invoked, acknowledged (its record's LSN range is committed) or of unknown outcome
   (its proposer died first).
@@ -186,9 +190,16 @@ class VirtualDisk:
     def store(self, state: ControlState) -> None:
         self._control = state
 
-    def crash(self) -> None:
-        """Lose everything not flushed."""
-        del self._data[self._flushed - self._start :]
+    def crash(self, keep: int = 0) -> None:
+        """Lose everything not flushed but its first `keep` bytes (a crash may leave any
+        prefix of what was written; the default keeps none)."""
+        del self._data[self._flushed - self._start + max(keep, 0) :]
+
+    def reopen(self) -> int:
+        """A restart: what the WAL holds is made durable (FileWal.open fsyncs what it finds)
+        and is flushed from now on.  Returns the new flush_lsn."""
+        self._flushed = self.write_lsn
+        return self._flushed
 
 
 @attrs.frozen
@@ -249,6 +260,9 @@ class Sim:
         self.options = options
         self.manual = manual
         self.rng = random.Random(options.seed)
+        # How much unflushed WAL a crash keeps: drawn apart, so that the other choices of a
+        # seed do not depend on it.
+        self._disk_rng = random.Random(f"disk-{options.seed}")
         self.now = 0
         self._queue: list[tuple[int, int, Callable[..., None], tuple[Any, ...]]] = []
         self._seq = 0
@@ -339,15 +353,18 @@ class Sim:
         node.core = ProposerCore(name, tuple(self.acceptors), WAL_START, self._config(), node.tracer)
         self._proposer_effects(node, self._guard(name, node.core.start))
 
-    def crash(self, name: str) -> None:
-        """Kill a node: its volatile state goes, an acceptor's unflushed WAL too."""
+    def crash(self, name: str, keep: int | None = None) -> None:
+        """Kill a node: its volatile state goes, an acceptor's unflushed WAL too, but for
+        its first `keep` bytes (None: a seeded draw in a random run, none in manual mode)."""
         if name in self.acceptors:
             node = self.acceptors[name]
             if node.core is None:
                 return
             node.core = None
             node.incarnation += 1
-            node.disk.crash()
+            if keep is None:
+                keep = 0 if self.manual else self._kept(node.disk.write_lsn - node.disk.flush_lsn)
+            node.disk.crash(keep)
             self.disk_pending[name].clear()
             for p in self.proposers:
                 self._disconnect(p, name)
@@ -360,6 +377,13 @@ class Sim:
             self._abandon(node_p)
             for a in self.acceptors:
                 self._disconnect(name, a)
+
+    def _kept(self, unflushed: int) -> int:
+        """How many of `unflushed` written bytes a crash keeps: none half the time (the
+        crash the spec had before), else any number up to all of them."""
+        if unflushed <= 0 or self._disk_rng.random() < 0.5:
+            return 0
+        return self._disk_rng.randint(1, unflushed)
 
     def restart(self, name: str) -> None:
         """Bring a crashed node back from its disk (an acceptor) or with nothing (a proposer)."""
@@ -375,7 +399,7 @@ class Sim:
             node.core, effects = AcceptorCore.fresh(name, WAL_START, node.tracer), ()
         else:
             try:
-                node.core, effects = AcceptorCore.restart_acceptor(control, node.disk.flush_lsn, node.tracer)
+                node.core, effects = AcceptorCore.restart_acceptor(control, node.disk.reopen(), node.tracer)
             except CorruptStorage as exc:  # its disk lost what it promised: it stays down
                 self._violate(f"{name} refused to restart: {exc}")
                 return

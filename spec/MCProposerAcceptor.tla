@@ -67,7 +67,10 @@ LiveGreetings ==
         AnswerGreeting(a, m) => prop_phase[m.from] = "greeting"
 
 \* Acceptors do not crash (the targeted models that need crashes allow them).
-NoAcceptorCrash == \A a \in Acceptors : ~RestartAcceptor(a)
+\* A restart that keeps all its WAL and commit_lsn is, as a pair of states,
+\* also a Flush that sends nothing new (an acceptor not Streaming, or its
+\* ack in msgs already): such a step stays allowed, as a Flush.
+NoAcceptorCrash == \A a \in Acceptors : RestartAcceptor(a) => Flush(a)
 
 Steady == NoLoss /\ SendOnce /\ LeadersCrash /\ LiveGreetings
 

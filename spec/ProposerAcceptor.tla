@@ -21,8 +21,12 @@
 (*    and one request addressed to "every acceptor" stands for the copies  *)
 (*    the implementation sends on each connection.                         *)
 (*  - an acceptor's WAL has a written part (acc_wal) and a flushed part    *)
-(*    (the first acc_flush - 1 entries); RestartAcceptor loses every       *)
-(*    unflushed entry but keeps term, term history and flushed WAL.        *)
+(*    (the first acc_flush - 1 entries); RestartAcceptor keeps term, term  *)
+(*    history and flushed WAL, and of the unflushed entries any prefix:   *)
+(*    written bytes may survive a crash (kill -9 leaves them in the page  *)
+(*    cache, a power loss any prefix the disk got), and what survives is  *)
+(*    flushed from then on (the implementation fsyncs what it finds       *)
+(*    before counting it flushed).                                         *)
 (*  - RestartProposer forgets everything a proposer knew.                  *)
 (*  - the new leader learns the donor's WAL from its vote (history and     *)
 (*    flush_lsn determine the entries, see WalFromHistory) instead of     *)
@@ -405,15 +409,30 @@ CollectAck(p, m) ==
 (* Acceptor actions.  Each persists its effect before the reply it sends. *)
 (***************************************************************************)
 
-(* Acceptor a crashes and restarts: unflushed WAL is lost; term, history  *)
-(* and flushed WAL are durable; commit_lsn, persisted lazily, may come    *)
-(* back as any value up to the one it had.                                 *)
-(* In impl: AcceptorCore.restart_acceptor (the core built from disk).     *)
+(* Acceptor a crashes and restarts: term, history and flushed WAL are    *)
+(* durable; commit_lsn, persisted lazily, may come back as any value up   *)
+(* to the one it had.                                                      *)
+(* Effect on the WAL: any prefix of it at least as long as the flushed    *)
+(*   part survives, and that prefix is the flushed part from then on.     *)
+(*   Written bytes may outlive a crash without an fsync (kill -9 leaves   *)
+(*   them in the page cache; a power loss keeps whatever prefix the disk  *)
+(*   got), so the restarted acceptor cannot tell them from flushed ones:  *)
+(*   it fsyncs what it finds before counting it flushed.  Keeping nothing *)
+(*   unflushed (k = acc_flush[a]) is the crash that loses it all.  What   *)
+(*   is kept matches acc_history: an entry is only written once the       *)
+(*   history it was written under is durable (AcceptElected persists the  *)
+(*   history and finishes its cut before any entry of the new term), and  *)
+(*   a truncation is durable before the truncated WAL is written again,   *)
+(*   so no entry a truncation removed can come back.                       *)
+(* In impl: AcceptorCore.restart_acceptor (the core built from disk, by   *)
+(*   FileWal.open, which fsyncs what it finds).                            *)
 RestartAcceptor(a) ==
-    /\ acc_wal' = [acc_wal EXCEPT ![a] = SubSeq(@, 1, acc_flush[a] - 1)]
+    /\ \E k \in acc_flush[a]..(Len(acc_wal[a]) + 1) :
+          /\ acc_wal' = [acc_wal EXCEPT ![a] = SubSeq(@, 1, k - 1)]
+          /\ acc_flush' = [acc_flush EXCEPT ![a] = k]
     /\ acc_term' = [acc_term EXCEPT ![a] = TermAfterRestart(a)]
     /\ \E c \in 1..acc_commit[a] : acc_commit' = [acc_commit EXCEPT ![a] = c]
-    /\ UNCHANGED <<acc_history, acc_flush, prop_vars, msgs, ghost_vars>>
+    /\ UNCHANGED <<acc_history, prop_vars, msgs, ghost_vars>>
 
 (* Acceptor a answers a greeting with its term.                            *)
 (* In impl: AcceptorCore.answer_greeting.                                 *)
@@ -566,13 +585,16 @@ CommittedNeverLost ==
 (***************************************************************************)
 
 \* commit_lsn never goes back: the committed log only grows, a leader's
-\* commit_lsn only grows, and an acceptor's only grows except by a crash.
+\* commit_lsn only grows, and an acceptor's only grows except by a crash
+\* (a step that keeps its history and its flushed WAL: RestartAcceptor).
 CommitLsnMonotonic ==
     [][ /\ Len(committed_log') >= Len(committed_log)
         /\ \A p \in Proposers :
               prop_phase'[p] = "leader" => prop_commit'[p] >= prop_commit[p]
         /\ \A a \in Acceptors :
-              acc_commit'[a] < acc_commit[a] => acc_flush'[a] = acc_flush[a] /\ acc_history'[a] = acc_history[a]
+              acc_commit'[a] < acc_commit[a] =>
+                  /\ acc_flush'[a] >= acc_flush[a] /\ acc_history'[a] = acc_history[a]
+                  /\ IsPrefix(FlushedWal(a), acc_wal'[a])
       ]_vars
 
 \* The top-level statement: the committed log is an append-only log.

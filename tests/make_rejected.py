@@ -268,11 +268,12 @@ def _(run: Run):
 
 
 @case("restart-loses-flushed-wal", "crash-loses-unflushed", """
-    RestartAcceptor(a) loses only unflushed WAL: acc_wal' = SubSeq(acc_wal[a], 1, acc_flush[a] -
-    1) with acc_flush UNCHANGED (term, history and flushed WAL are durable).  a1 crashes with
-    "ab" flushed (acc_flush 3) and "cd" only written; it must come back with wal [1,1] and
-    flush 3.  The edited event logs wal [1] and flush 2: a flushed (and committed) entry lost
-    in the crash.""")
+    RestartAcceptor(a) keeps the flushed WAL and any prefix of the rest: acc_wal' =
+    SubSeq(acc_wal[a], 1, k - 1) and acc_flush' = k for some k \in acc_flush[a]..(Len(acc_wal[a])
+    + 1) (term, history and flushed WAL are durable).  a1 crashes with "ab" flushed (acc_flush
+    3) and "cd" only written; it must come back with wal [1,1] and flush 3 (or more of "cd").
+    The edited event logs wal [1] and flush 2: a flushed (and committed) entry lost in the
+    crash.""")
 def _(run: Run):
     line = run.find("a1", _is("RestartAcceptor"))
     e = run.event("a1", line)

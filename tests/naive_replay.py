@@ -96,7 +96,8 @@ class _Replayer:
                 (m,) = self._received(event)
             self._step(action, node, m)
         elif action == "RestartAcceptor":
-            self._step(action, node, event.data["state"].get("acc_commit", 1))
+            state = event.data["state"]
+            self._step(action, node, state.get("acc_flush", 1), state.get("acc_commit", 1))
         for sent in event.data["sent"]:
             self.by_id[sent["id"]] = sent["msg"]
             self.to[sent["id"]] = sent["to"]

@@ -678,6 +678,24 @@ def test_open_restarts_from_stored_state(tmp_path):
         wal.close()
 
 
+def test_open_counts_unflushed_bytes_it_finds_as_flushed(tmp_path, caplog):
+    # Killed after write() and before its fsync: the bytes are in the file.  Spec
+    # RestartAcceptor keeps any prefix of the written WAL as the flushed WAL; FileWal.open
+    # fsyncs it first and says what it found beyond the control file's flush_lsn.
+    stored_acceptor(tmp_path, wal=b"0123", flush_lsn=4)
+    with FileWal.open(tmp_path) as file_wal:
+        file_wal.write(4, b"456789")  # never flushed
+    caplog.set_level("INFO", logger="paxwal.wal")
+    core, effects, wal, _ = open_acceptor(tmp_path, A)
+    try:
+        assert effects == ()
+        assert (core.flush_lsn, core.write_lsn) == (10, 10)
+        assert wal.read(0, 10) == b"0123456789"
+    finally:
+        wal.close()
+    assert any("found 6 bytes beyond the flush_lsn 0/4" in r.getMessage() for r in caplog.records)
+
+
 def test_open_finishes_a_pending_truncation(tmp_path):
     stored_acceptor(
         tmp_path, term=3, term_history=((0, 0), (1, 0), (3, 4)), flush_lsn=4,

@@ -298,20 +298,25 @@ def test_collect_ack_never_shortens_the_committed_log():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_restart_acceptor_loses_only_unflushed_wal():
+def test_restart_acceptor_keeps_flushed_wal_and_any_prefix_of_the_rest():
     s = leader_state()
     s = s.with_(acc_commit=at(s.acc_commit, a1=2))
-    t = M.RestartAcceptor(P3A, s, "a2", 1)
-    assert t.acc_wal["a2"] == () and t.acc_term["a2"] == 1 and t.acc_history["a2"] == s.acc_history["a2"]
-    u = M.RestartAcceptor(P3A, s, "a1", 1)  # flushed WAL stays; commit_lsn may come back lower
+    t = M.RestartAcceptor(P3A, s, "a2", 1, 1)  # a2's written, unflushed entry is lost ...
+    assert t.acc_wal["a2"] == () and t.acc_flush["a2"] == 1
+    assert t.acc_term["a2"] == 1 and t.acc_history["a2"] == s.acc_history["a2"]
+    kept = M.RestartAcceptor(P3A, s, "a2", 2, 1)  # ... or survives, and is flushed from then on
+    assert kept.acc_wal["a2"] == (1,) and kept.acc_flush["a2"] == 2 and kept.msgs == s.msgs  # no ack
+    u = M.RestartAcceptor(P3A, s, "a1", 2, 1)  # flushed WAL stays; commit_lsn may come back lower
     assert u.acc_wal["a1"] == (1,) and u.acc_flush["a1"] == 2 and u.acc_commit["a1"] == 1
-    assert M.RestartAcceptor(P3A, s, "a1", 2).acc_commit["a1"] == 2
+    assert M.RestartAcceptor(P3A, s, "a1", 2, 2).acc_commit["a1"] == 2
+    for k in (1, 3):  # never less than the flushed WAL, never more than the written
+        assert M.RestartAcceptor(P3A, s, "a1", k, 1) == Disabled(
+            "RestartAcceptor", "k \\in acc_flush[a]..(Len(acc_wal[a]) + 1)"
+        )
     for c in (0, 3):
-        assert M.RestartAcceptor(P3A, s, "a1", c) == Disabled("RestartAcceptor", "c \\in 1..acc_commit[a]")
-    assert [args for name, args, _ in M.successors(P3A, s) if name == "RestartAcceptor" and args[0] == "a1"] == [
-        ("a1", 1),
-        ("a1", 2),
-    ]
+        assert M.RestartAcceptor(P3A, s, "a1", 2, c) == Disabled("RestartAcceptor", "c \\in 1..acc_commit[a]")
+    restarts = [args for name, args, _ in M.successors(P3A, s) if name == "RestartAcceptor" and args[0] != "a3"]
+    assert restarts == [("a1", 2, 1), ("a1", 2, 2), ("a2", 1, 1), ("a2", 2, 1)]
 
 
 def test_answer_greeting_and_vote():
@@ -434,7 +439,7 @@ GUARDS = {
     "NewEntry": {'prop_phase[p] = "leader"'},
     "SendAppend": {'prop_phase[p] = "leader"', "l \\in 1..(Len(prop_wal[p]) + 1)"},
     "CollectAck": {'m.type = "AppendResponse"', 'prop_phase[p] = "leader" /\\ m.term = prop_term[p]'},
-    "RestartAcceptor": {"c \\in 1..acc_commit[a]"},
+    "RestartAcceptor": {"k \\in acc_flush[a]..(Len(acc_wal[a]) + 1)", "c \\in 1..acc_commit[a]"},
     "AnswerGreeting": {'m.type = "Greeting"'},
     "Vote": {'m.type = "VoteRequest"', "VoteAllowed(a, m.term)"},
     "AcceptElected": {'m.type = "ProposerElected"', "m.term = acc_term[a]", "start >= acc_commit[a]"},
@@ -467,7 +472,12 @@ def test_disabled_names_a_guard_written_in_the_spec():
             elif name in ("CollectTerm", "CollectVote", "CollectAck"):
                 calls = [(p, m) for p in model.proposers for m in s.msgs]
             elif name == "RestartAcceptor":
-                calls = [(a, c) for a in model.acceptors for c in range(0, s.acc_commit[a] + 2)]
+                calls = [
+                    (a, k, c)
+                    for a in model.acceptors
+                    for k in range(s.acc_flush[a] - 1, len(s.acc_wal[a]) + 3)
+                    for c in range(0, s.acc_commit[a] + 2)
+                ]
             elif name == "Flush":
                 calls = [(a,) for a in model.acceptors]
             elif name == "LoseMessage":
@@ -562,11 +572,24 @@ def test_no_acceptor_crash_cuts_a_repeated_elected_that_only_drops_unflushed_wal
     ack = msg("AppendResponse", frm="a2", term=1, flush=1)
     s = s.with_(msgs=frozenset({elected, ack}))
     t = M.AcceptElected(P3A, s, "a2", elected)  # cuts a2's unflushed entry, ack already sent
-    assert t == M.RestartAcceptor(P3A, s, "a2", 1)
+    assert t == M.RestartAcceptor(P3A, s, "a2", 1, 1)
     assert not _allowed("NoAcceptorCrash", s, "AcceptElected", ("a2", elected), t)
-    assert not _allowed("NoAcceptorCrash", s, "RestartAcceptor", ("a2", 1), t)
+    assert not _allowed("NoAcceptorCrash", s, "RestartAcceptor", ("a2", 1, 1), t)
     flushed = M.Flush(P3A, s, "a2")
     assert _allowed("NoAcceptorCrash", s, "Flush", ("a2",), flushed)
+
+
+def test_no_acceptor_crash_lets_a_flush_that_sends_nothing_through():
+    # a2 promised term 2 with its term-1 entry unflushed: not Streaming, its Flush sends no
+    # ack, so the step also is the restart that keeps all of a2's WAL (and its commit_lsn).
+    s = leader_state()
+    s = s.with_(acc_term=at(s.acc_term, a2=2))
+    flushed = M.Flush(P3A, s, "a2")
+    assert flushed == M.RestartAcceptor(P3A, s, "a2", 2, 1) and flushed.msgs == s.msgs
+    assert _allowed("NoAcceptorCrash", s, "Flush", ("a2",), flushed)
+    assert _allowed("NoAcceptorCrash", s, "RestartAcceptor", ("a2", 2, 1), flushed)
+    lost = M.RestartAcceptor(P3A, s, "a2", 1, 1)  # a real crash is cut
+    assert not _allowed("NoAcceptorCrash", s, "RestartAcceptor", ("a2", 1, 1), lost)
 
 
 def test_send_once_lets_each_entry_go_once_and_no_heartbeat():

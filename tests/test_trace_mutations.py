@@ -127,7 +127,7 @@ def step(model: M.Model, node: str, pre: dict[str, Any], event: dict[str, Any], 
         "StartCampaign": [()], "BecomeLeader": [()], "Flush": [()],
         "NewEntry": [()] * args.get("entries", 1),
         "SendAppend": [(args.get("l", 0) + i,) for i in range(max(args.get("entries", 1), 1))],
-        "RestartAcceptor": [(event["state"].get("acc_commit", 1),)],
+        "RestartAcceptor": [(event["state"].get("acc_flush", 1), event["state"].get("acc_commit", 1))],
     }.get(action, [(m,) for m in messages])
     enabled = action in M.ACTIONS and action != "LoseMessage"
     if action == "RestartProposer":
