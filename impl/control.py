@@ -23,16 +23,13 @@ Theory of operation:
 from __future__ import annotations
 
 import io
-import os
-import struct
 from pathlib import Path
 from typing import Any
 
 import attrs
 import cbor2
-import crc32c
 
-from impl.storage import CorruptStorage, fsync_dir
+from impl.storage import CorruptStorage, seal, unseal, write_file_atomic
 
 __all__ = [
     "CONTROL_NAME",
@@ -53,8 +50,6 @@ CONTROL_NAME = "control"
 # Written first and renamed over CONTROL_NAME, so a torn write never carries the real name.
 CONTROL_TMP_NAME = "control.tmp"
 
-_HEADER = struct.Struct(">4sHI")  # magic, version, body length
-_CRC = struct.Struct(">I")
 
 
 # ---------------------------------------------------------------------------------------
@@ -147,9 +142,7 @@ def encode_control(state: ControlState) -> bytes:
     # Tuples encode as CBOR arrays and decode as lists; _state_from_body turns them back.
     body = attrs.asdict(state)
     # canonical=True: the same state always gives the same bytes (stable tests and diffs).
-    encoded = cbor2.dumps(body, canonical=True)
-    head = _HEADER.pack(MAGIC, FORMAT_VERSION, len(encoded)) + encoded
-    return head + _CRC.pack(crc32c.crc32c(head))
+    return seal(MAGIC, FORMAT_VERSION, cbor2.dumps(body, canonical=True))
 
 
 def decode_control(raw: bytes) -> ControlState:
@@ -164,26 +157,7 @@ def decode_control(raw: bytes) -> ControlState:
     Raises:
         ValueError: the bytes are damaged; the message says how (the caller adds the path).
     """
-    # Checks run outside-in, so the message names the first layer that is wrong: a file of
-    # another kind (magic), a newer writer (version; its layout may differ, so neither length
-    # nor CRC can be trusted yet), a torn or padded file (length), flipped bits (CRC), and
-    # only then the body's meaning.
-    if len(raw) < _HEADER.size:
-        raise ValueError(f"truncated: {len(raw)} bytes, the header alone needs {_HEADER.size}")
-    magic, version, length = _HEADER.unpack_from(raw)
-    if magic != MAGIC:
-        raise ValueError(f"wrong magic {magic!r}, expected {MAGIC!r}")
-    if version != FORMAT_VERSION:
-        raise ValueError(f"unknown format version {version} (this build reads {FORMAT_VERSION})")
-    expected = _HEADER.size + length + _CRC.size
-    if len(raw) != expected:
-        kind = "truncated" if len(raw) < expected else "trailing bytes"
-        raise ValueError(f"{kind}: {len(raw)} bytes, header says {expected}")
-    (stored,) = _CRC.unpack_from(raw, expected - _CRC.size)
-    computed = crc32c.crc32c(raw[: expected - _CRC.size])
-    if stored != computed:
-        raise ValueError(f"CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")
-    return _state_from_body(raw[_HEADER.size : _HEADER.size + length])
+    return _state_from_body(unseal(raw, MAGIC, FORMAT_VERSION))
 
 
 def _state_from_body(encoded: bytes) -> ControlState:
@@ -278,19 +252,4 @@ class FileControlStorage:
             OSError: the write or an fsync failed; the old state may still be the stored
                 one, so the caller must not act as if ``state`` were durable.
         """
-        data = encode_control(state)
-        fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            # fsync before the rename: otherwise the rename could reach the disk before the
-            # data, and a crash would leave `control` empty or torn in place of the old state.
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        # rename is atomic: `control` names the old complete file or the new complete one.
-        os.replace(self.tmp_path, self.path)
-        # The rename lives in the directory; until the directory is fsynced a crash may undo
-        # it and resurrect the old state after we have acted on the new one (e.g. voted).
-        fsync_dir(self.directory)
+        write_file_atomic(self.path, encode_control(state))

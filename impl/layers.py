@@ -22,7 +22,7 @@ that ingest appends to, and the immutable layer files that frozen layers become.
    ``[lsn_start, lsn_end)`` over keys ``[key_start, key_end)``; image layers hold the state
    of keys ``[key_start, key_end)`` at one LSN: a key in range but absent from the image has
    no version at that LSN (never written, or truncated).
-4. Writes are crash-safe (`write_file_atomic`: temp file, fsync, rename, directory fsync), so
+4. Writes are crash-safe (`impl.storage.write_file_atomic`: temp file, fsync, rename, directory fsync), so
    a file with a layer's name is a complete file; a leftover ``*.tmp`` is a crash's trace and
    is removed on open.  Damage is refused, never guessed around: `CorruptLayer` names the file
    and the first thing wrong.
@@ -71,7 +71,6 @@ Public API
 `FileLayer.open`           a layer file -> its checked index; `versions`, `get`, `verify`
 `layer_name`,              the file name of a layer's ranges, and back
 `parse_layer_name`
-`write_file_atomic`        the temp/fsync/rename/dir-fsync recipe, for metadata too
 `CorruptLayer`             a damaged layer file (names it)
 =========================  ================================================================
 """
@@ -91,7 +90,7 @@ import attrs
 import crc32c
 
 from impl.pagewal import PageDelta
-from impl.storage import CorruptStorage, fsync_dir
+from impl.storage import CorruptStorage, write_file_atomic
 
 __all__ = [
     "DELTA",
@@ -114,7 +113,6 @@ __all__ = [
     "layer_name",
     "parse_layer_name",
     "write_delta_layer",
-    "write_file_atomic",
     "write_image_layer",
 ]
 
@@ -385,25 +383,6 @@ class InMemoryLayer:
 # ---------------------------------------------------------------------------------------------
 # File IO: small functions, safe to run in a thread
 # ---------------------------------------------------------------------------------------------
-
-
-def write_file_atomic(path: Path, data: bytes) -> None:
-    """Write `data` as `path`, crash-safely (impl/control.py's recipe).
-
-    The bytes go to ``<path>.tmp``, are fsynced, renamed over `path`, and the directory is
-    fsynced: after a crash `path` is the old file, or absent, or the whole new one.
-    """
-    tmp = path.with_name(path.name + _TMP_SUFFIX)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def is_temp_file(name: str) -> bool:

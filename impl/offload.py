@@ -97,7 +97,7 @@ import crc32c
 import trio
 
 from impl.remote import NotFound, RemoteError, RemoteStorage, check_key
-from impl.storage import CorruptStorage, fsync_dir
+from impl.storage import CorruptStorage, seal, unseal, write_file_atomic
 from impl.wal import FileWal, segment_name
 from impl.wire import format_lsn
 
@@ -126,7 +126,6 @@ log = logging.getLogger("paxwal.offload")
 # (their stems are not hex).
 HORIZONS_NAME = "horizons"
 HORIZONS_TMP_NAME = "horizons.tmp"
-_HORIZONS_HEADER = struct.Struct(">4sHI")  # magic, version, body length; then body, CRC32C
 _HORIZONS_MAGIC = b"PXWH"
 _CRC = struct.Struct(">I")
 
@@ -553,25 +552,13 @@ class HorizonState:
 
 
 def _encode_horizons(state: HorizonState) -> bytes:
-    body = cbor2.dumps(attrs.asdict(state), canonical=True)
-    head = _HORIZONS_HEADER.pack(_HORIZONS_MAGIC, FORMAT_VERSION, len(body)) + body
-    return head + _CRC.pack(crc32c.crc32c(head))
+    return seal(_HORIZONS_MAGIC, FORMAT_VERSION, cbor2.dumps(attrs.asdict(state), canonical=True))
 
 
 def _decode_horizons(raw: bytes) -> HorizonState:
-    if len(raw) < _HORIZONS_HEADER.size + _CRC.size:
-        raise ValueError(f"truncated: {len(raw)} bytes")
-    magic, version, length = _HORIZONS_HEADER.unpack_from(raw)
-    if magic != _HORIZONS_MAGIC or version != FORMAT_VERSION:
-        raise ValueError(f"magic {magic!r} version {version}, expected {_HORIZONS_MAGIC!r} {FORMAT_VERSION}")
-    if len(raw) != _HORIZONS_HEADER.size + length + _CRC.size:
-        raise ValueError(f"{len(raw)} bytes, header says {_HORIZONS_HEADER.size + length + _CRC.size}")
-    (stored,) = _CRC.unpack_from(raw, len(raw) - _CRC.size)
-    computed = crc32c.crc32c(raw[: -_CRC.size])
-    if stored != computed:
-        raise ValueError(f"CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")
+    encoded = unseal(raw, _HORIZONS_MAGIC, FORMAT_VERSION)
     try:
-        body = cbor2.loads(raw[_HORIZONS_HEADER.size : -_CRC.size])
+        body = cbor2.loads(encoded)
     except Exception as exc:  # noqa: BLE001 - the CRC matched, but be safe
         raise ValueError(f"bad CBOR body: {exc}") from exc
     names = sorted(a.name for a in attrs.fields(HorizonState))
@@ -648,17 +635,7 @@ class LocalHorizons:
             return self._state
 
     def _store(self, state: HorizonState) -> None:
-        tmp = self.directory / HORIZONS_TMP_NAME
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(_encode_horizons(state))
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)  # before the rename: the name must never reach a torn file
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        fsync_dir(self.directory)  # the rename lives in the directory
+        write_file_atomic(self.path, _encode_horizons(state))
 
 
 # ---------------------------------------------------------------------------------------

@@ -97,9 +97,9 @@ from pathlib import Path
 import attrs
 import crc32c
 
-from impl.layers import is_temp_file, parse_layer_name, write_file_atomic
+from impl.layers import is_temp_file, parse_layer_name
 from impl.remote import NotFound, RemoteStorage, check_key
-from impl.storage import CorruptStorage, fsync_dir
+from impl.storage import CorruptStorage, fsync_dir, write_file_atomic
 from impl.timeline import (
     METADATA_NAME,
     TIMELINES_DIR,

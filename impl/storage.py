@@ -17,8 +17,11 @@ Theory of operation:
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import crc32c
 
 if TYPE_CHECKING:
     # control.py imports CorruptStorage from here, so the state type is for annotations only.
@@ -121,3 +124,64 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_file_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves the old file or the whole new one.
+
+    The bytes go to ``<path>.tmp``, are fsynced, renamed over `path`, and the directory is
+    fsynced.  The fsync comes before the rename, or the rename could reach the disk before
+    the data and a crash leave `path` empty or torn; the directory fsync makes the rename
+    itself durable, so a crash cannot resurrect the old file after the caller acted on the
+    new one (e.g. voted).  A leftover ``.tmp`` is a crash's trace: readers remove or ignore it.
+
+    Raises:
+        OSError: a write or an fsync failed; the old file may still be the stored one.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+# A sealed file: magic, format version and body length, the body, then a CRC32C of all before.
+_SEAL_HEADER = struct.Struct(">4sHI")
+_SEAL_CRC = struct.Struct(">I")
+
+
+def seal(magic: bytes, version: int, body: bytes) -> bytes:
+    """`body` framed as a small durable file (control file, horizons, timeline metadata)."""
+    head = _SEAL_HEADER.pack(magic, version, len(body)) + body
+    return head + _SEAL_CRC.pack(crc32c.crc32c(head))
+
+
+def unseal(raw: bytes, magic: bytes, version: int) -> bytes:
+    """The body of a sealed file, or ValueError saying what is wrong (the caller adds the path).
+
+    Checks run outside-in, so the message names the first thing that is wrong: a file of
+    another kind (magic), a newer writer (version: its layout may differ, so neither length
+    nor CRC can be trusted yet), a torn or padded file (length), flipped bits (CRC).
+    """
+    if len(raw) < _SEAL_HEADER.size:
+        raise ValueError(f"truncated: {len(raw)} bytes, the header alone needs {_SEAL_HEADER.size}")
+    found_magic, found_version, length = _SEAL_HEADER.unpack_from(raw)
+    if found_magic != magic:
+        raise ValueError(f"wrong magic {found_magic!r}, expected {magic!r}")
+    if found_version != version:
+        raise ValueError(f"unknown format version {found_version} (this build reads {version})")
+    expected = _SEAL_HEADER.size + length + _SEAL_CRC.size
+    if len(raw) != expected:
+        kind = "truncated" if len(raw) < expected else "trailing bytes"
+        raise ValueError(f"{kind}: {len(raw)} bytes, header says {expected}")
+    (stored,) = _SEAL_CRC.unpack_from(raw, expected - _SEAL_CRC.size)
+    computed = crc32c.crc32c(raw[: expected - _SEAL_CRC.size])
+    if stored != computed:
+        raise ValueError(f"CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")
+    return raw[_SEAL_HEADER.size : _SEAL_HEADER.size + length]

@@ -11,7 +11,7 @@ and decides what may be deleted.  Rules of this file:
 1. Synchronous and clockless.  No trio, no sockets, no clock: a record brings its commit
    time, and freeze-by-age, leases and GC take ``now`` (microseconds since the epoch, the
    compute's commit_time clock).  File IO is limited to layer files and the metadata file,
-   each written crash-safely (`impl.layers.write_file_atomic`).  The trio service (issue 8
+   each written crash-safely (`impl.storage.write_file_atomic`).  The trio service (issue 8
    §3) calls these methods from one task; the blocking ones (`flush`, `compact`, `gc`,
    `Repository.open`) it may run in ``trio.to_thread`` as long as no other method of the
    same repository runs meanwhile.
@@ -103,11 +103,10 @@ from impl.layers import (
     layer_name,
     parse_layer_name,
     write_delta_layer,
-    write_file_atomic,
     write_image_layer,
 )
 from impl.pagewal import PAGE_SIZE, PageDelta, PageImage, PageRecord, RedoError, redo
-from impl.storage import CorruptStorage, fsync_dir
+from impl.storage import CorruptStorage, fsync_dir, write_file_atomic
 from impl.timeline_meta import (
     BadTimelineName,
     BranchAboveLastRecord,

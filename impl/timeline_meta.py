@@ -10,14 +10,13 @@ Metadata file layout (impl/control.py's)::
 
 from __future__ import annotations
 
-import io
 import re
 import struct
 
 import attrs
 import cbor2
-import crc32c
 
+from impl.storage import seal, unseal
 from impl.wire import format_lsn
 
 __all__ = [
@@ -45,7 +44,6 @@ _MAGIC = b"PXTM"
 # Bump on any change to the metadata's fields.
 METADATA_VERSION = 1
 _HEADER = struct.Struct(">4sHI")
-_CRC = struct.Struct(">I")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 _US = 1_000_000
 
@@ -176,30 +174,14 @@ def encode_metadata(meta: TimelineMetadata) -> bytes:
     layout), canonical CBOR so equal metadata gives equal bytes."""
     body = attrs.asdict(meta)
     body["leases"] = [list(pair) for pair in meta.leases]
-    encoded = cbor2.dumps(body, canonical=True)
-    head = _HEADER.pack(_MAGIC, METADATA_VERSION, len(encoded)) + encoded
-    return head + _CRC.pack(crc32c.crc32c(head))
+    return seal(_MAGIC, METADATA_VERSION, cbor2.dumps(body, canonical=True))
 
 
 def decode_metadata(raw: bytes) -> TimelineMetadata:
     """Parse metadata bytes; ValueError says what is wrong (the caller adds the path)."""
-    if len(raw) < _HEADER.size + _CRC.size:
-        raise ValueError(f"truncated: {len(raw)} bytes")
-    magic, version, length = _HEADER.unpack_from(raw)
-    if magic != _MAGIC:
-        raise ValueError(f"wrong magic {magic!r}, expected {_MAGIC!r}")
-    if version != METADATA_VERSION:
-        raise ValueError(f"unknown format version {version} (this build reads {METADATA_VERSION})")
-    expected = _HEADER.size + length + _CRC.size
-    if len(raw) != expected:
-        kind = "truncated" if len(raw) < expected else "trailing bytes"
-        raise ValueError(f"{kind}: {len(raw)} bytes, the header says {expected}")
-    (stored,) = _CRC.unpack_from(raw, expected - _CRC.size)
-    computed = crc32c.crc32c(raw[: expected - _CRC.size])
-    if stored != computed:
-        raise ValueError(f"CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")
+    encoded = unseal(raw, _MAGIC, METADATA_VERSION)
     try:
-        body = cbor2.CBORDecoder(io.BytesIO(raw[_HEADER.size : _HEADER.size + length])).decode()
+        body = cbor2.loads(encoded)
         fields = {a.name for a in attrs.fields(TimelineMetadata)}
         if not isinstance(body, dict) or set(body) != fields:
             raise ValueError(f"expected a map of {sorted(fields)}")
