@@ -53,6 +53,22 @@ Rules of this file:
    lose it, and the proposer's election timer retries.  `set_remote_consistent_lsn` takes
    the pageserver's horizon and persists it; removal waits for it.
 
+9. The pageserver is served beside the core, like an operator (rule 7).  A connection whose
+   first message is a `StreamWal` is the pageserver's: it stays anonymous (never a proposer's,
+   rule 5), and any proposer message on it, or a StreamWal or PageserverFeedback on a
+   proposer's, is a ProtocolError.  A streamer task of the connection's own sends committed
+   WAL from `start_lsn` in `WalChunk`s of at most `STREAM_CHUNK` bytes, only below
+   ``min(commit_lsn, flush_lsn)`` of the core (committed WAL is never truncated, so what it
+   sent stays true), read on the disk task in order with every other storage operation;
+   ranges removed locally come from object storage (rule 8).  With no new WAL it sends an
+   empty chunk carrying commit_lsn every `STREAM_KEEPALIVE` seconds, so the pageserver sees
+   the acceptor alive.  Flow control: the streamer sends only while the connection's outbox
+   holds fewer than `STREAM_FRAMES` frames, so a slow pageserver costs at most about
+   STREAM_FRAMES * STREAM_CHUNK bytes here, never an unbounded buffer and never the outbox-full
+   close.  A `PageserverFeedback` goes to `set_remote_consistent_lsn` in a task of the
+   connection's own (the driver never waits for its file write).  No core call, no trace
+   event, no consensus state change: the only state it moves is the horizons file.
+
 Group commit: a `Flush` covers every `WriteWal` run since the previous one; `stats` counts
 fsyncs and how many writes each covered.
 """
@@ -98,7 +114,20 @@ from impl.trace import open_trace
 from impl.wal import DEFAULT_SEGMENT_SIZE, FileWal
 from impl.framing import Lost, Received, run_connection
 from impl.termhistory import last_log_term
-from impl.wire import AppendRequest, Frame, ProposerElected, ProtocolError, StatusRequest, StatusResponse, WalData, encode, format_lsn
+from impl.wire import (
+    AppendRequest,
+    Frame,
+    PageserverFeedback,
+    ProposerElected,
+    ProtocolError,
+    StatusRequest,
+    StatusResponse,
+    StreamWal,
+    WalChunk,
+    WalData,
+    encode,
+    format_lsn,
+)
 
 __all__ = ["AcceptorServer", "GroupCommitStats", "serve_acceptor"]
 
@@ -112,6 +141,13 @@ OUTBOX_FRAMES = 1024
 # an fsync they queue here (then in the core's backlog), and a full inbox stops the readers.
 INBOX_EVENTS = 256
 
+# Rule 9: WAL bytes in one WalChunk to the pageserver (Neon's walsender sends 128 KiB too),
+# frames of a pageserver connection's outbox the streamer fills at most, how long it waits
+# when the outbox is that full, and how often it sends commit_lsn with no new WAL.
+STREAM_CHUNK = 128 * 1024
+STREAM_FRAMES = 4
+STREAM_POLL = 0.005
+STREAM_KEEPALIVE = 1.0
 
 
 @attrs.define
@@ -137,6 +173,11 @@ class _Connection:
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     peer: str | None = None  # the proposer it speaks for, once it said so (rule 5)
     closed: bool = False
+    nursery: trio.Nursery | None = None  # the connection's tasks (its streamer, rule 9)
+    pageserver: str | None = None  # the pageserver it serves, after its StreamWal (rule 9)
+    feedback_lsn: int = 0  # the highest remote_consistent_lsn it reported
+    stream_lsn: int = 0  # where its streamer is: the end of the WAL queued for it
+    feedback: trio.Event = attrs.field(factory=trio.Event)
 
 
 @attrs.frozen
@@ -144,6 +185,19 @@ class _Done:
     """A storage operation finished: the driver runs `then` (it calls the core)."""
 
     then: Callable[[], Awaitable[None]]
+
+
+@attrs.define(eq=False)
+class _ReadWal:
+    """A storage operation of a streamer (rule 9): read [begin, end) of the local WAL, from
+    `local` = max(begin, the local start) on; the older part, if any, is the caller's."""
+
+    begin: int
+    end: int
+    done: trio.Event = attrs.field(factory=trio.Event)
+    local: int = 0
+    data: bytes = b""
+    error: BaseException | None = None
 
 
 @attrs.frozen(eq=False)
@@ -165,7 +219,7 @@ class AcceptorServer:
         port: the TCP port it listens on.
         stats: group-commit counters.
         offloader: the Offloader (rule 8), or None without object storage.
-        fallback_reads: WalData replies read partly from object storage (rule 8).
+        fallback_reads: WalData replies and WalChunks read partly from object storage (rules 8, 9).
     """
 
     def __init__(
@@ -192,6 +246,10 @@ class AcceptorServer:
         # (one durable operation at a time, plus the writes it covers).
         self._disk_send, self._disk = trio.open_memory_channel[Any](math.inf)
         self._settled = trio.Event()  # set when a completion leaves the core idle
+        # Rule 9: set (and replaced) whenever min(commit_lsn, flush_lsn) moves.
+        self._streamable = 0
+        self._wal_moved = trio.Event()
+        self._streams: set[_Connection] = set()
         # The proposer the core last followed, and its term (status only).
         self._leader: tuple[str, int] = ("", 0)
         # Rule 8: horizons, object storage and the tasks that use it.
@@ -222,6 +280,11 @@ class AcceptorServer:
                     await then()
                     if not self.core.busy:
                         self._settled.set()
+            streamable = min(self.core.commit_lsn, self.core.flush_lsn)
+            if streamable != self._streamable:
+                self._streamable = streamable
+                self._wal_moved.set()
+                self._wal_moved = trio.Event()
 
     async def _received(self, conn: _Connection, frame: Frame) -> None:
         if conn.closed:
@@ -229,6 +292,9 @@ class AcceptorServer:
         msg = frame.message
         if isinstance(msg, StatusRequest):
             await self._answer_status(conn)
+            return
+        if isinstance(msg, (StreamWal, PageserverFeedback)) or conn.pageserver is not None:
+            await self._pageserver_message(conn, msg)
             return
         try:
             peer = await self._bind(conn, getattr(msg, "proposer", None), type(msg).__name__)
@@ -252,6 +318,123 @@ class AcceptorServer:
             conn.outbox.send_nowait(encode(status))
         except trio.WouldBlock:
             await self._drop(conn, f"outbox full ({OUTBOX_FRAMES} frames): the peer is not reading")
+
+    # -----------------------------------------------------------------------------------
+    # The pageserver (rule 9)
+    # -----------------------------------------------------------------------------------
+
+    async def _pageserver_message(self, conn: _Connection, msg: object) -> None:
+        kind = type(msg).__name__
+        if conn.peer is not None:
+            await self._drop(conn, f"protocol error: {kind} on the connection of proposer {conn.peer}")
+        elif isinstance(msg, StreamWal):
+            if conn.pageserver is not None:
+                await self._drop(conn, f"protocol error: a second StreamWal from {msg.pageserver}")
+            elif msg.start_lsn < self.core.wal_start:
+                await self._drop(conn, f"StreamWal from {format_lsn(msg.start_lsn)}: the WAL starts at"
+                                       f" {format_lsn(self.core.wal_start)}")
+            else:
+                assert conn.nursery is not None
+                conn.pageserver = msg.pageserver
+                log.info("connection %s: pageserver %s streams timeline %s from %s", conn.name, msg.pageserver,
+                         msg.timeline, format_lsn(msg.start_lsn))
+                conn.nursery.start_soon(self._stream_wal, conn, msg.start_lsn)
+                conn.nursery.start_soon(self._take_feedback, conn)
+        elif isinstance(msg, PageserverFeedback):
+            if conn.pageserver is None:
+                await self._drop(conn, "protocol error: PageserverFeedback before StreamWal")
+            elif msg.remote_consistent_lsn > conn.feedback_lsn:
+                conn.feedback_lsn = msg.remote_consistent_lsn
+                conn.feedback.set()
+        else:
+            await self._drop(conn, f"protocol error: {kind} on the connection of pageserver {conn.pageserver}")
+
+    @property
+    def wal_streams(self) -> list[tuple[str, int, int]]:
+        """Each pageserver streamed to now: (its id, the LSN streamed up to, frames in its outbox)."""
+        return sorted((c.pageserver or "", c.stream_lsn, c.outbox.statistics().current_buffer_used) for c in self._streams)
+
+    async def _stream_wal(self, conn: _Connection, start: int) -> None:
+        """The streamer of one pageserver connection (rule 9); cancelled with it."""
+        self._streams.add(conn)
+        try:
+            await self._stream_from(conn, start)
+        finally:
+            self._streams.discard(conn)
+
+    async def _stream_from(self, conn: _Connection, start: int) -> None:
+        position = conn.stream_lsn = start
+        while True:
+            limit = min(self.core.commit_lsn, self.core.flush_lsn)
+            moved = self._wal_moved
+            if position >= limit:
+                with trio.move_on_after(STREAM_KEEPALIVE):
+                    await moved.wait()
+                if min(self.core.commit_lsn, self.core.flush_lsn) <= position:
+                    # A keepalive: no bytes, at an LSN its commit_lsn covers (a lagging
+                    # acceptor may be behind the pageserver's position).
+                    at = min(position, self.core.commit_lsn)
+                    await self._stream_send(conn, WalChunk(acceptor=self.core.node, begin_lsn=at, end_lsn=at,
+                                                           commit_lsn=self.core.commit_lsn, wal=b""))
+                continue
+            end = min(limit, position + STREAM_CHUNK)
+            wal = await self._read_committed(position, end)
+            if wal is None:
+                await self._drop(conn, f"WAL [{format_lsn(position)}, {format_lsn(end)}) for pageserver"
+                                       f" {conn.pageserver} is not readable (see the log)")
+                return
+            await self._stream_send(conn, WalChunk(acceptor=self.core.node, begin_lsn=position, end_lsn=end,
+                                                   commit_lsn=max(self.core.commit_lsn, end), wal=wal))
+            position = conn.stream_lsn = end
+
+    async def _stream_send(self, conn: _Connection, chunk: WalChunk) -> None:
+        """Queue a chunk once the outbox holds fewer than STREAM_FRAMES frames (flow control)."""
+        while conn.outbox.statistics().current_buffer_used >= STREAM_FRAMES:
+            await trio.sleep(STREAM_POLL)
+        try:
+            conn.outbox.send_nowait(encode(chunk))
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            await trio.sleep_forever()  # closed meanwhile: the connection's cancellation is coming
+
+    async def _read_committed(self, begin: int, end: int) -> bytes | None:
+        """[begin, end) of committed WAL: the local part on the disk task, any removed part
+        from object storage (rule 8); None if unreadable (logged)."""
+        read = _ReadWal(begin, end)
+        self._disk_send.send_nowait(read)
+        await read.done.wait()
+        if read.error is not None:
+            log.error("acceptor %s: reading WAL [%s, %s) for the pageserver failed: %s", self.core.node,
+                      format_lsn(begin), format_lsn(end), read.error)
+            return None
+        if begin >= read.local:
+            return read.data
+        if self._remote_wal is None:
+            log.error("acceptor %s: WAL [%s, %s) for the pageserver was removed and no object storage is configured",
+                      self.core.node, format_lsn(begin), format_lsn(read.local))
+            return None
+        try:
+            older = await trio.to_thread.run_sync(
+                self._remote_wal.read, begin, read.local, limiter=self._remote_threads, abandon_on_cancel=True
+            )
+        except Exception as exc:  # noqa: BLE001 - the pageserver reconnects and asks again
+            log.warning("acceptor %s: WAL [%s, %s) for the pageserver is not on disk and object storage failed: %s",
+                        self.core.node, format_lsn(begin), format_lsn(read.local), exc)
+            return None
+        self.fallback_reads += 1
+        return older + read.data
+
+    async def _take_feedback(self, conn: _Connection) -> None:
+        """Persist the pageserver's remote_consistent_lsn as it reports it (rule 9)."""
+        while True:
+            await conn.feedback.wait()
+            conn.feedback = trio.Event()
+            lsn = conn.feedback_lsn
+            if lsn > self.remote_consistent_lsn:
+                try:
+                    await self.set_remote_consistent_lsn(lsn)
+                except OSError as exc:
+                    log.error("acceptor %s: storing remote_consistent_lsn %s failed: %s", self.core.node,
+                              format_lsn(lsn), exc)
 
     async def _bind(self, conn: _Connection, claimed: str | None, kind: str) -> str:
         """The proposer id this connection speaks for (rule 5)."""
@@ -368,6 +551,14 @@ class AcceptorServer:
             case _RemoveWal(limit=limit, done=done):
                 await trio.to_thread.run_sync(self._wal.remove_below, limit)
                 done.set()
+            case _ReadWal(begin=begin, end=end):
+                effect.local = local = min(max(begin, self._wal.start_lsn), end)
+                try:
+                    if local < end:
+                        effect.data = await trio.to_thread.run_sync(self._wal.read, local, end)
+                except Exception as exc:  # noqa: BLE001 - the streamer reports it; the disk task goes on
+                    effect.error = exc
+                effect.done.set()
         return None
 
     # -----------------------------------------------------------------------------------
@@ -459,7 +650,9 @@ class AcceptorServer:
         log.info("connection %s opened", conn.name)
         try:
             with conn.scope:
-                await run_connection(conn, stream, outgoing, self._inbox_send, "peer")
+                async with trio.open_nursery() as nursery:
+                    conn.nursery = nursery
+                    await run_connection(conn, stream, outgoing, self._inbox_send, "peer")
         finally:
             await trio.aclose_forcefully(stream)
 

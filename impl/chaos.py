@@ -140,7 +140,7 @@ class _Nemesis:
 
     def _restart(self, nodes: list[str]) -> None:
         for node in nodes:
-            self.cluster.start_acceptor(node, self.config)
+            self.cluster.start_node(node, self.config)
             self.report.restarts += 1
 
     def step(self) -> None:

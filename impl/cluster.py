@@ -14,6 +14,8 @@ status`, `paxwal load`, the chaos runner) works from any shell given only `--dir
                            cluster.json names another (`cluster up --remote`)
     DIR/run/               the run directory: each node's trace (<node>.ndjson), run.json
                            naming the cluster, and history.jsonl, the clients' history
+    DIR/pageserver/        the pageserver's data (impl/pageserver.py); its objects live in
+                           the same object store under the prefix `pageserver_prefix`
 
 Rules:
 
@@ -29,6 +31,12 @@ Rules:
    lines of the node's log if the process exits first (a damaged directory, a busy port).
 4. `status` asks each acceptor over the wire (StatusRequest, answered beside the core) and
    never changes anything.
+5. The pageserver (issue 8) is one more node, `pageserver`, started after the acceptors and
+   stopped before them (its SIGTERM checkpoints and uploads while they still run).  It
+   writes no trace: it is not in the spec, and run.json does not name it.  It is opt-in
+   (`pageserver=True`, `cluster up --pageserver`) while issue 8 is in progress: it expects
+   page WAL records (impl/pagewal.py), and `paxwal load` and the chaos runner write opaque
+   records, on which its WAL receiver stops with a decoding error.
 """
 
 from __future__ import annotations
@@ -49,9 +57,9 @@ import attrs
 
 from impl.storage import fsync_dir
 from impl.wal import DEFAULT_SEGMENT_SIZE
-from impl.wire import FrameDecoder, ProtocolError, StatusRequest, StatusResponse, encode
+from impl.wire import FrameDecoder, PageserverStatus, PageserverStatusRequest, ProtocolError, StatusRequest, StatusResponse, encode
 
-__all__ = ["Cluster", "ClusterConfig", "ClusterError", "NodeStatus", "DEFAULT_DIR"]
+__all__ = ["Cluster", "ClusterConfig", "ClusterError", "NodeStatus", "DEFAULT_DIR", "PAGESERVER"]
 
 # Where commands look for the cluster without --dir (DESIGN §9).
 DEFAULT_DIR = Path(".paxwal")
@@ -64,6 +72,8 @@ START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 # A status query that takes longer than this reports the node as not answering.
 STATUS_TIMEOUT = 2.0
+# The pageserver's node name (pid file, log, data directory).
+PAGESERVER = "pageserver"
 # The log lines quoted when a node fails to start.
 LOG_TAIL_LINES = 5
 
@@ -83,6 +93,8 @@ class ClusterConfig:
         remote: the object store the acceptors offload WAL to: a directory (relative to the
             cluster's directory unless absolute) or s3://BUCKET[/PREFIX].
         remote_prefix: the key prefix of the WAL's objects in it.
+        pageserver_port: the pageserver's page service port on 127.0.0.1, or None for none.
+        pageserver_prefix: the key prefix of the pageserver's objects in the same store.
     """
 
     acceptors: dict[str, int]
@@ -90,6 +102,8 @@ class ClusterConfig:
     segment_size: int = DEFAULT_SEGMENT_SIZE
     remote: str = "remote"
     remote_prefix: str = "timelines/main"
+    pageserver_port: int | None = None
+    pageserver_prefix: str = "pageserver"
 
     def to_json(self) -> str:
         return json.dumps({"version": CONFIG_VERSION, **attrs.asdict(self)}, indent=1) + "\n"
@@ -164,14 +178,17 @@ class Cluster:
         return ClusterConfig.from_json(text, self.config_file)
 
     def create(self, acceptors: int, wal_start: int = 0, segment_size: int = DEFAULT_SEGMENT_SIZE,
-               remote: str = "remote") -> ClusterConfig:
-        """Write a new configuration with `acceptors` acceptors a1..aN on free ports (rule 1)."""
+               remote: str = "remote", pageserver: bool = False) -> ClusterConfig:
+        """Write a new configuration with `acceptors` acceptors a1..aN on free ports (rule 1),
+        and a pageserver on another if `pageserver` (rule 5)."""
         if acceptors < 1:
             raise ClusterError(f"a cluster needs at least one acceptor, not {acceptors}")
         if self.exists():
             raise ClusterError(f"{self.config_file} exists already")
         names = [f"a{i}" for i in range(1, acceptors + 1)]
-        config = ClusterConfig(dict(zip(names, free_ports(acceptors))), wal_start, segment_size, remote)
+        ports = free_ports(acceptors + 1)
+        config = ClusterConfig(dict(zip(names, ports)), wal_start, segment_size, remote,
+                               pageserver_port=ports[-1] if pageserver else None)
         for sub in ("logs", "pids", "run"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         _write_atomically(self.config_file, config.to_json())
@@ -218,6 +235,25 @@ class Cluster:
             "--remote", self.remote_location(config), "--remote-prefix", config.remote_prefix,
         ]
 
+    def pageserver_command(self, config: ClusterConfig) -> list[str]:
+        assert config.pageserver_port is not None
+        acceptors = ",".join(f"{node}={port}" for node, port in config.acceptors.items())
+        return [
+            sys.executable, "-m", "impl.cli", "pageserver", "--node", PAGESERVER, "--dir", str(self.dir / PAGESERVER),
+            "--port", str(config.pageserver_port), "--acceptors", acceptors, "--wal-start", str(config.wal_start),
+            "--remote", self.remote_location(config), "--remote-prefix", config.pageserver_prefix,
+        ]
+
+    def node_port(self, node: str, config: ClusterConfig) -> int:
+        if node == PAGESERVER:
+            assert config.pageserver_port is not None
+            return config.pageserver_port
+        return config.acceptors[node]
+
+    def nodes(self, config: ClusterConfig) -> list[str]:
+        """Every node of the cluster, in start order (rule 5)."""
+        return [*config.acceptors, *([PAGESERVER] if config.pageserver_port is not None else [])]
+
     def remote_location(self, config: ClusterConfig) -> str:
         """The object store's location as the acceptor processes are given it."""
         if config.remote.startswith("s3://"):
@@ -243,19 +279,22 @@ class Cluster:
         _write_atomically(self.pid_file(node), f"{proc.pid}\n")
         return proc
 
-    def start_acceptor(self, node: str, config: ClusterConfig) -> subprocess.Popen[bytes]:
-        """Start acceptor `node` and wait until it listens (rule 3)."""
-        proc = self.spawn(node, self.acceptor_command(node, config))
+    def start_node(self, node: str, config: ClusterConfig) -> subprocess.Popen[bytes]:
+        """Start node `node` (an acceptor, or the pageserver) and wait until it listens (rule 3)."""
+        command = self.pageserver_command(config) if node == PAGESERVER else self.acceptor_command(node, config)
+        port = self.node_port(node, config)
+        proc = self.spawn(node, command)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if proc.poll() is not None:
                 raise ClusterError(f"{node} exited with status {proc.returncode} while starting: {self.log_tail(node)}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", config.acceptors[node]), timeout=1):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
                 return proc
             if time.monotonic() > deadline:
                 proc.kill()
-                raise ClusterError(f"{node} did not listen on port {config.acceptors[node]} within {START_TIMEOUT:.0f} s: {self.log_tail(node)}")
+                raise ClusterError(f"{node} did not listen on port {port} within {START_TIMEOUT:.0f} s: {self.log_tail(node)}")
             time.sleep(0.05)
+
 
     def log_tail(self, node: str) -> str:
         try:
@@ -292,7 +331,8 @@ class Cluster:
         self.pid_file(node).unlink(missing_ok=True)
         return how
 
-    def up(self, acceptors: int, segment_size: int = DEFAULT_SEGMENT_SIZE, remote: str = "remote") -> tuple[ClusterConfig, list[str]]:
+    def up(self, acceptors: int, segment_size: int = DEFAULT_SEGMENT_SIZE, remote: str = "remote",
+           pageserver: bool = False) -> tuple[ClusterConfig, list[str]]:
         """Create the cluster if DIR has none, then start every node not running.
 
         Returns:
@@ -303,12 +343,12 @@ class Cluster:
             if len(config.acceptors) != acceptors:
                 raise ClusterError(f"the cluster in {self.dir} has {len(config.acceptors)} acceptors, not {acceptors}")
         else:
-            config = self.create(acceptors, segment_size=segment_size, remote=remote)
+            config = self.create(acceptors, segment_size=segment_size, remote=remote, pageserver=pageserver)
         started = []
         try:
-            for node in config.acceptors:
+            for node in self.nodes(config):
                 if self.pid(node) is None:
-                    self.start_acceptor(node, config)
+                    self.start_node(node, config)
                     started.append(node)
         except ClusterError:
             for node in started:  # all or nothing: no half-started cluster left behind
@@ -319,7 +359,7 @@ class Cluster:
     def down(self) -> dict[str, str]:
         """Stop every node; returns node -> how it went."""
         config = self.load()
-        return {node: self.stop(node) for node in config.acceptors}
+        return {node: self.stop(node) for node in reversed(self.nodes(config))}
 
     def status(self) -> list[NodeStatus]:
         """Each acceptor's process and state (rule 4)."""
@@ -335,6 +375,29 @@ class Cluster:
                     error = f"not answering: {exc}"
             result.append(NodeStatus(node, port, pid, state, error))
         return result
+
+
+    def pageserver_status(self, timeline: str = "main") -> PageserverStatus | str | None:
+        """The pageserver's view of `timeline`, why it did not answer, or None if the cluster
+        has no pageserver (rule 5)."""
+        config = self.load()
+        if config.pageserver_port is None:
+            return None
+        if self.pid(PAGESERVER) is None:
+            return "not running"
+        try:
+            reply = _request(config.pageserver_port, PageserverStatusRequest(timeline=timeline))
+        except (OSError, ProtocolError) as exc:
+            return f"not answering: {exc}"
+        if not isinstance(reply, PageserverStatus):
+            return f"refused: {reply}"
+        return reply
+
+
+def _request(port: int, msg: object) -> object:
+    from impl.pageserver import page_request
+
+    return page_request(port, msg, STATUS_TIMEOUT)  # type: ignore[arg-type]
 
 
 def _is_node_process(cmdline: list[bytes], node: str, directory: Path) -> bool:

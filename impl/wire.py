@@ -35,12 +35,13 @@ with the message so that a receiver's trace names the very id the sender's trace
 (impl/trace.py pairs them); it is not part of the message, so `Message` classes never see
 it, and `decode_frame`/`FrameDecoder.next_frame` hand it out beside the message.
 
-Field values are CBOR unsigned integers (terms, LSNs), text strings (node ids), a byte string
-(`wal`) and, for a term history, an array of `[term, lsn]` arrays.  Nothing else appears:
-no floats, no tags, no indefinite lengths, no duplicate keys.
+Field values are CBOR unsigned integers (terms, LSNs, page numbers), text strings (node ids,
+timeline names, and PageserverError's one-line `text`), byte strings (`wal`, `image`),
+arrays of node ids and, for a term history, an array of `[term, lsn]` arrays.  Nothing else
+appears: no floats, no tags, no indefinite lengths, no duplicate keys.
 
-Version rule: the version byte must equal `PROTOCOL_VERSION` exactly (3 since acceptors
-answer StatusRequest; 2 since frames carry trace metadata; version 1 had no third element).  There is no
+Version rule: the version byte must equal `PROTOCOL_VERSION` exactly (4 since the pageserver
+streams WAL and serves pages; 3 since acceptors answer StatusRequest; 2 since frames carry trace metadata; version 1 had no third element).  There is no
 negotiation: a cluster runs one build, and since decoders reject unknown types and unknown
 fields, *any* change to a message (a new field, a new type, a new meaning) bumps the version.
 The byte is in every frame, not only the first, so a frame from a mismatched or confused peer
@@ -92,6 +93,19 @@ WalRead, WalData   not in the spec (IMPLEMENTATION_ONLY): a new leader fetches t
 StatusRequest,     not in the spec (IMPLEMENTATION_ONLY): an operator's tool (`paxwal
 StatusResponse     cluster status`) asks an acceptor for its state; the shell answers from
                    the core's fields without the core, so nothing changes and nothing traces
+StreamWal,         not in the spec (IMPLEMENTATION_ONLY): the pageserver's WAL receiver
+WalChunk,          (impl/pageserver.py) asks an acceptor for its committed WAL from
+PageserverFeedback start_lsn (StreamWal); the acceptor answers with WalChunks of committed
+                   bytes, each with its commit_lsn (an empty one is a keepalive), and takes
+                   the pageserver's LSNs (PageserverFeedback, Neon's status update).  The
+                   shell answers beside the core (acceptor_server.py rule 9): it only reads
+                   committed WAL, so no spec variable changes and nothing traces
+GetPage, DbSize,   not in the spec (IMPLEMENTATION_ONLY): the page service's requests
+BranchCreate,      (impl/pageserver.py) and their answers (PageImageData, DbSizeData,
+BranchList, Gc,    BranchCreated, BranchListData, GcDone, PageserverStatus); any of them
+PageserverStatus-  may instead be answered by PageserverError(code, text).  Between a
+Request and their  client and the pageserver only; no acceptor takes them
+answers
 =================  =====================================================================
 
 The spec's requests name no receiver and stand for the copies sent on each connection; on
@@ -136,6 +150,23 @@ __all__ = [
     "VoteRequest",
     "StatusRequest",
     "StatusResponse",
+    "StreamWal",
+    "WalChunk",
+    "PageserverFeedback",
+    "GetPage",
+    "PageImageData",
+    "DbSize",
+    "DbSizeData",
+    "BranchCreate",
+    "BranchCreated",
+    "BranchList",
+    "BranchListData",
+    "Gc",
+    "GcDone",
+    "PageserverStatusRequest",
+    "PageserverStatus",
+    "PageserverError",
+    "PAGESERVER_MESSAGES",
     "VoteResponse",
     "WalData",
     "WalRead",
@@ -147,7 +178,7 @@ __all__ = [
 ]
 
 # The version byte of every frame.  Bump it on any change to any message (see "Version rule").
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 # Upper bound on a frame's length prefix (the bytes after it).  It bounds the memory one
 # connection can make us buffer, and it must stay above the largest AppendRequest the proposer
@@ -299,6 +330,17 @@ def _check_node_ids(instance: object, attribute: attrs.Attribute, value: object)
         _fail(instance, attribute.name, f"must be a list of node ids, got {_show(value)}")
     for node in value:
         _check_node_id(instance, attribute, node)
+
+
+# Error texts travel to an operator's terminal: printable ASCII, one line, bounded.
+MAX_TEXT_LEN = 1024
+
+
+def _check_text(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if type(value) is not str:
+        _fail(instance, attribute.name, f"expected a text string, got {_show(value)}")
+    if len(value) > MAX_TEXT_LEN or not all(" " <= c <= "~" for c in value):
+        _fail(instance, attribute.name, f"must be at most {MAX_TEXT_LEN} printable ASCII characters, got {_show(value)}")
 
 
 def _list_to_tuple(value: object) -> object:
@@ -536,6 +578,154 @@ class StatusResponse:
     proposers: tuple[str, ...] = attrs.field(converter=_list_to_tuple, validator=_check_node_ids)
 
 
+# ---------------------------------------------------------------------------------------------
+# The pageserver's messages (IMPLEMENTATION_ONLY): WAL streaming and the page service
+# ---------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class StreamWal:
+    """The pageserver asks an acceptor for timeline `timeline`'s committed WAL from
+    `start_lsn` on, as it commits.  Not in the spec (see IMPLEMENTATION_ONLY)."""
+
+    pageserver: str = _node_field()
+    timeline: str = _node_field()
+    start_lsn: int = _u64_field()
+
+
+@attrs.frozen(kw_only=True)
+class WalChunk:
+    """Committed WAL bytes [begin_lsn, end_lsn) for a StreamWal, and the acceptor's
+    commit_lsn now (at least end_lsn); no bytes: a keepalive.  Not in the spec."""
+
+    acceptor: str = _node_field()
+    begin_lsn: int = _u64_field()
+    end_lsn: int = _u64_field()
+    commit_lsn: int = _u64_field()
+    wal: bytes = attrs.field(validator=_check_bytes, repr=lambda wal: f"<{len(wal)} bytes>")
+
+    def __attrs_post_init__(self) -> None:
+        _check_range(self)
+        _check_wal_length(self)
+        if self.commit_lsn < self.end_lsn:
+            _fail(self, "commit_lsn", f"{format_lsn(self.commit_lsn)} is below end_lsn {format_lsn(self.end_lsn)}:"
+                                      " only committed WAL is streamed")
+
+
+@attrs.frozen(kw_only=True)
+class PageserverFeedback:
+    """The pageserver's progress on a StreamWal connection (Neon's PageserverFeedback);
+    the acceptor may remove WAL below remote_consistent_lsn once offloaded.  Not in the spec."""
+
+    timeline: str = _node_field()
+    last_record_lsn: int = _u64_field()
+    disk_consistent_lsn: int = _u64_field()
+    remote_consistent_lsn: int = _u64_field()
+
+
+@attrs.frozen(kw_only=True)
+class GetPage:
+    """GetPage@LSN: page `page` of `timeline` as of `lsn`.  Answer: PageImageData."""
+
+    timeline: str = _node_field()
+    page: int = _u64_field()
+    lsn: int = _u64_field()
+
+
+@attrs.frozen(kw_only=True)
+class PageImageData:
+    """The page a GetPage asked for."""
+
+    page: int = _u64_field()
+    lsn: int = _u64_field()
+    image: bytes = attrs.field(validator=_check_bytes, repr=lambda image: f"<{len(image)} bytes>")
+
+
+@attrs.frozen(kw_only=True)
+class DbSize:
+    """The database's size in pages at `lsn`.  Answer: DbSizeData."""
+
+    timeline: str = _node_field()
+    lsn: int = _u64_field()
+
+
+@attrs.frozen(kw_only=True)
+class DbSizeData:
+    lsn: int = _u64_field()
+    db_size: int = _u64_field()
+
+
+@attrs.frozen(kw_only=True)
+class BranchCreate:
+    """Create timeline `name` as a child of `ancestor` at `lsn`.  Answer: BranchCreated."""
+
+    name: str = _node_field()
+    ancestor: str = _node_field()
+    lsn: int = _u64_field()
+
+
+@attrs.frozen(kw_only=True)
+class BranchCreated:
+    name: str = _node_field()
+    ancestor: str = _node_field()
+    lsn: int = _u64_field()
+
+
+@attrs.frozen(kw_only=True)
+class BranchList:
+    """The names of every timeline.  Answer: BranchListData."""
+
+
+@attrs.frozen(kw_only=True)
+class BranchListData:
+    names: tuple[str, ...] = attrs.field(converter=_list_to_tuple, validator=_check_node_ids)
+
+
+@attrs.frozen(kw_only=True)
+class Gc:
+    """Run GC on every timeline now.  Answer: GcDone."""
+
+
+@attrs.frozen(kw_only=True)
+class GcDone:
+    """`removed` layer files were deleted; `kept` remain (all timelines)."""
+
+    removed: int = _u64_field()
+    kept: int = _u64_field()
+
+
+@attrs.frozen(kw_only=True)
+class PageserverStatusRequest:
+    """The state of `timeline`.  Answer: PageserverStatus."""
+
+    timeline: str = _node_field()
+
+
+@attrs.frozen(kw_only=True)
+class PageserverStatus:
+    """A timeline's LSNs as the pageserver holds them.  `ancestor` is empty for a root
+    timeline; `streaming_from` the acceptor the WAL receiver streams from (empty: none)."""
+
+    timeline: str = _node_field()
+    ancestor: str = attrs.field(validator=_check_node_id_or_empty)
+    ancestor_lsn: int = _u64_field()
+    last_record_lsn: int = _u64_field()
+    disk_consistent_lsn: int = _u64_field()
+    remote_consistent_lsn: int = _u64_field()
+    gc_cutoff: int = _u64_field()
+    layers: int = _u64_field()
+    streaming_from: str = attrs.field(validator=_check_node_id_or_empty)
+
+
+@attrs.frozen(kw_only=True)
+class PageserverError:
+    """A page-service request refused: `code` (a token such as ``lsn-below-gc-cutoff``)
+    and a one-line `text` for the user.  The connection stays open."""
+
+    code: str = _node_field()
+    text: str = attrs.field(validator=_check_text)
+
+
 Message: TypeAlias = (
     Greeting
     | GreetingResponse
@@ -548,6 +738,22 @@ Message: TypeAlias = (
     | WalData
     | StatusRequest
     | StatusResponse
+    | StreamWal
+    | WalChunk
+    | PageserverFeedback
+    | GetPage
+    | PageImageData
+    | DbSize
+    | DbSizeData
+    | BranchCreate
+    | BranchCreated
+    | BranchList
+    | BranchListData
+    | Gc
+    | GcDone
+    | PageserverStatusRequest
+    | PageserverStatus
+    | PageserverError
 )
 
 # Wire type name -> class.  The names are the spec's message `type` strings.
@@ -566,12 +772,33 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
             WalData,
             StatusRequest,
             StatusResponse,
+            StreamWal,
+            WalChunk,
+            PageserverFeedback,
+            GetPage,
+            PageImageData,
+            DbSize,
+            DbSizeData,
+            BranchCreate,
+            BranchCreated,
+            BranchList,
+            BranchListData,
+            Gc,
+            GcDone,
+            PageserverStatusRequest,
+            PageserverStatus,
+            PageserverError,
         )
     }
 )
 
 # The messages the spec does not model; every other type is a spec message `type`.
-IMPLEMENTATION_ONLY: frozenset[str] = frozenset({"WalRead", "WalData", "StatusRequest", "StatusResponse"})
+IMPLEMENTATION_ONLY: frozenset[str] = frozenset(
+    {"WalRead", "WalData", "StatusRequest", "StatusResponse", *("StreamWal", "WalChunk", "PageserverFeedback", "GetPage", "PageImageData", "DbSize", "DbSizeData", "BranchCreate", "BranchCreated", "BranchList", "BranchListData", "Gc", "GcDone", "PageserverStatusRequest", "PageserverStatus", "PageserverError")}
+)
+
+# The messages of the pageserver (WAL streaming and page service), all IMPLEMENTATION_ONLY.
+PAGESERVER_MESSAGES: frozenset[str] = frozenset({"StreamWal", "WalChunk", "PageserverFeedback", "GetPage", "PageImageData", "DbSize", "DbSizeData", "BranchCreate", "BranchCreated", "BranchList", "BranchListData", "Gc", "GcDone", "PageserverStatusRequest", "PageserverStatus", "PageserverError"})
 
 # Per class, its field names in declaration order: the order encode() writes them in.
 _FIELDS: Mapping[type, tuple[str, ...]] = MappingProxyType(
@@ -685,6 +912,32 @@ _DESCRIBERS: Mapping[type, Callable[[object], str]] = MappingProxyType(
             f" lsn={format_lsn(m.begin_lsn)}..{format_lsn(m.end_lsn)} ({len(m.wal)} B)"
         ),
         StatusRequest: lambda m: "*->* StatusRequest",
+        StreamWal: lambda m: f"{m.pageserver}->* StreamWal timeline={m.timeline} start={format_lsn(m.start_lsn)}",
+        WalChunk: lambda m: (
+            f"{m.acceptor}->* WalChunk lsn={format_lsn(m.begin_lsn)}..{format_lsn(m.end_lsn)}"
+            f" commit={format_lsn(m.commit_lsn)} ({len(m.wal)} B)"
+        ),
+        PageserverFeedback: lambda m: (
+            f"*->* PageserverFeedback timeline={m.timeline} last_record={format_lsn(m.last_record_lsn)}"
+            f" disk_consistent={format_lsn(m.disk_consistent_lsn)} remote_consistent={format_lsn(m.remote_consistent_lsn)}"
+        ),
+        GetPage: lambda m: f"*->* GetPage timeline={m.timeline} page={m.page} lsn={format_lsn(m.lsn)}",
+        PageImageData: lambda m: f"*->* PageImageData page={m.page} lsn={format_lsn(m.lsn)} ({len(m.image)} B)",
+        DbSize: lambda m: f"*->* DbSize timeline={m.timeline} lsn={format_lsn(m.lsn)}",
+        DbSizeData: lambda m: f"*->* DbSizeData lsn={format_lsn(m.lsn)} db_size={m.db_size}",
+        BranchCreate: lambda m: f"*->* BranchCreate {m.name} from={m.ancestor}@{format_lsn(m.lsn)}",
+        BranchCreated: lambda m: f"*->* BranchCreated {m.name} from={m.ancestor}@{format_lsn(m.lsn)}",
+        BranchList: lambda m: "*->* BranchList",
+        BranchListData: lambda m: f"*->* BranchListData {','.join(m.names) or '-'}",
+        Gc: lambda m: "*->* Gc",
+        GcDone: lambda m: f"*->* GcDone removed={m.removed} kept={m.kept}",
+        PageserverStatusRequest: lambda m: f"*->* PageserverStatusRequest timeline={m.timeline}",
+        PageserverStatus: lambda m: (
+            f"*->* PageserverStatus timeline={m.timeline} last_record={format_lsn(m.last_record_lsn)}"
+            f" disk_consistent={format_lsn(m.disk_consistent_lsn)} remote_consistent={format_lsn(m.remote_consistent_lsn)}"
+            f" gc_cutoff={format_lsn(m.gc_cutoff)} layers={m.layers}"
+        ),
+        PageserverError: lambda m: f"*->* PageserverError {m.code}: {m.text}",
         StatusResponse: lambda m: (
             f"{m.acceptor}->* StatusResponse term={m.term} flush={format_lsn(m.flush_lsn)}"
             f" commit={format_lsn(m.commit_lsn)} leader={m.leader or '-'}@{m.leader_term}"

@@ -21,6 +21,22 @@ from impl.wire import (
     AppendResponse,
     StatusRequest,
     StatusResponse,
+    StreamWal,
+    WalChunk,
+    PageserverFeedback,
+    GetPage,
+    PageImageData,
+    DbSize,
+    DbSizeData,
+    BranchCreate,
+    BranchCreated,
+    BranchList,
+    BranchListData,
+    Gc,
+    GcDone,
+    PageserverStatusRequest,
+    PageserverStatus,
+    PageserverError,
     WalData,
     WalRead,
     FrameDecoder,
@@ -172,6 +188,17 @@ def wal_datas(draw: st.DrawFn) -> WalData:
     )
 
 
+@st.composite
+def wal_chunks(draw: st.DrawFn) -> WalChunk:
+    data = draw(st.binary(max_size=300))
+    begin = draw(st.integers(min_value=0, max_value=U64_MAX - len(data)))
+    commit = draw(st.integers(min_value=begin + len(data), max_value=U64_MAX))
+    return WalChunk(acceptor=draw(node_ids), begin_lsn=begin, end_lsn=begin + len(data), commit_lsn=commit, wal=data)
+
+
+texts = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
+
+
 MESSAGE_STRATEGIES = {
     Greeting: st.builds(Greeting, proposer=node_ids),
     GreetingResponse: st.builds(
@@ -189,6 +216,28 @@ MESSAGE_STRATEGIES = {
         StatusResponse, acceptor=node_ids, term=u64s, flush_lsn=u64s, commit_lsn=u64s, wal_start=u64s,
         leader=st.just("") | node_ids, leader_term=u64s, proposers=st.lists(node_ids, max_size=4).map(tuple),
     ),
+    StreamWal: st.builds(StreamWal, pageserver=node_ids, timeline=node_ids, start_lsn=u64s),
+    WalChunk: wal_chunks(),
+    PageserverFeedback: st.builds(
+        PageserverFeedback, timeline=node_ids, last_record_lsn=u64s, disk_consistent_lsn=u64s, remote_consistent_lsn=u64s
+    ),
+    GetPage: st.builds(GetPage, timeline=node_ids, page=u64s, lsn=u64s),
+    PageImageData: st.builds(PageImageData, page=u64s, lsn=u64s, image=st.binary(max_size=300)),
+    DbSize: st.builds(DbSize, timeline=node_ids, lsn=u64s),
+    DbSizeData: st.builds(DbSizeData, lsn=u64s, db_size=u64s),
+    BranchCreate: st.builds(BranchCreate, name=node_ids, ancestor=node_ids, lsn=u64s),
+    BranchCreated: st.builds(BranchCreated, name=node_ids, ancestor=node_ids, lsn=u64s),
+    BranchList: st.builds(BranchList),
+    BranchListData: st.builds(BranchListData, names=st.lists(node_ids, max_size=4).map(tuple)),
+    Gc: st.builds(Gc),
+    GcDone: st.builds(GcDone, removed=u64s, kept=u64s),
+    PageserverStatusRequest: st.builds(PageserverStatusRequest, timeline=node_ids),
+    PageserverStatus: st.builds(
+        PageserverStatus, timeline=node_ids, ancestor=st.just("") | node_ids, ancestor_lsn=u64s, last_record_lsn=u64s,
+        disk_consistent_lsn=u64s, remote_consistent_lsn=u64s, gc_cutoff=u64s, layers=u64s,
+        streaming_from=st.just("") | node_ids,
+    ),
+    PageserverError: st.builds(PageserverError, code=node_ids, text=texts),
 }
 messages = st.one_of(*MESSAGE_STRATEGIES.values())
 chunk_sizes = st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=10)
@@ -405,7 +454,8 @@ def with_(fields: dict, **changes: object) -> dict:
 _DROP = object()
 
 DECODE_CASES = [
-    ("bad version", ["version 4"], frame_of(["Greeting", {"proposer": "p1"}], version=4)),
+    ("bad version", ["version 5"], frame_of(["Greeting", {"proposer": "p1"}], version=5)),
+    ("old version 3", ["unsupported protocol version 3"], frame_of(["Greeting", {"proposer": "p1"}], version=3)),
     # Version 1 frames had no trace meta; a peer of that build is refused, not half-understood.
     ("old version 1", ["unsupported protocol version 1"],
      frame_of(["Greeting", {"proposer": "p1"}], version=1)),
@@ -763,3 +813,14 @@ def test_format_lsn(lsn, text):
 def test_format_lsn_rejects_non_lsns(bad):
     with pytest.raises(ValueError):
         format_lsn(bad)
+
+
+def test_wal_chunk_carries_only_committed_wal():
+    with pytest.raises(ProtocolError, match="WalChunk: field commit_lsn: 0/5 is below end_lsn 0/6"):
+        WalChunk(acceptor="a1", begin_lsn=2, end_lsn=6, commit_lsn=5, wal=b"abcd")
+
+
+def test_pageserver_error_text_is_one_printable_line():
+    assert PageserverError(code="unknown-timeline", text="no timeline 'x'").text == "no timeline 'x'"
+    with pytest.raises(ProtocolError, match="PageserverError: field text"):
+        PageserverError(code="x", text="two\nlines")

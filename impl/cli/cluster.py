@@ -24,13 +24,16 @@ def _cluster(args: argparse.Namespace) -> Cluster:
 def _cmd_up(args: argparse.Namespace) -> int:
     cluster = _cluster(args)
     try:
-        config, started = cluster.up(args.acceptors, args.segment_size, args.remote)
+        config, started = cluster.up(args.acceptors, args.segment_size, args.remote, pageserver=args.pageserver)
     except ClusterError as exc:
         raise CliError(str(exc)) from None
     running = [n for n in config.acceptors if n not in started]
     print(f"cluster in {cluster.dir}: {len(config.acceptors)} acceptors on 127.0.0.1")
     for node, port in config.acceptors.items():
         print(f"  {node}  port {port}  pid {cluster.pid(node)}  {'started' if node in started else 'already running'}")
+    if config.pageserver_port is not None:
+        print(f"  pageserver  port {config.pageserver_port}  pid {cluster.pid('pageserver')}"
+              f"  {'started' if 'pageserver' in started else 'already running'}")
     if running and not started:
         print("nothing to start: every node was running")
     print(f"traces in {cluster.run_dir}; logs in {cluster.dir / 'logs'}; `paxwal cluster status --dir {cluster.dir}`")
@@ -78,7 +81,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
         follows = f"{s.leader}@{s.leader_term}" if s.leader else "-"
         print(f"{n.node:<6}{n.port:<7}{pid:<9}{s.term:<6}{format_lsn(s.flush_lsn):<14}{format_lsn(s.commit_lsn):<14}"
               f"{follows:<10}{','.join(s.proposers) or '-'}")
-    return 0 if len(answered) == len(nodes) else 1
+    pageserver = cluster.pageserver_status()
+    if pageserver is not None:
+        if isinstance(pageserver, str):
+            print(f"pageserver: {pageserver}")
+        else:
+            p = pageserver
+            print(f"pageserver: {p.timeline} last_record {format_lsn(p.last_record_lsn)}  disk_consistent"
+                  f" {format_lsn(p.disk_consistent_lsn)}  remote_consistent {format_lsn(p.remote_consistent_lsn)}"
+                  f"  gc_cutoff {format_lsn(p.gc_cutoff)}  layers {p.layers}  streaming from {p.streaming_from or '-'}")
+    return 0 if len(answered) == len(nodes) and not isinstance(pageserver, str) else 1
 
 
 def _cmd_load(args: argparse.Namespace) -> int:
@@ -175,6 +187,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     up.add_argument("--remote", default="remote", metavar="LOCATION",
                     help="object store for WAL offload of a new cluster: a directory (relative to DIR) or"
                          " s3://BUCKET[/PREFIX] with AWS_* variables for endpoint and credentials (default DIR/remote)")
+    up.add_argument("--pageserver", action="store_true",
+                    help="a new cluster with a pageserver streaming its WAL into DIR/pageserver (issue 8, in"
+                         " progress: it expects page WAL records, which `paxwal load` does not write)")
     up.set_defaults(handler=_cmd_up)
     down = sub.add_parser("down", help="stop every node (SIGTERM, then SIGKILL after 10 s); data is kept",
                           description="Stop every node of the cluster in DIR; its data, logs and traces stay.")

@@ -1,0 +1,562 @@
+"""Tests of the pageserver (impl/pageserver.py, impl/walreceiver.py) and the acceptor's side of
+WAL streaming (impl/acceptor_server.py rule 9).
+
+Two set-ups, both on 127.0.0.1 only and bounded in time:
+
+* a real cluster (`paxwal cluster up`: acceptor processes and a pageserver process), written to
+  by an in-process proposer; GetPage@LSN at three LSNs, a branch at the middle one, and a
+  restart of the pageserver from object storage alone after its directory is deleted;
+* everything in one trio run (acceptors, proposer, pageserver), for the error replies, a
+  malformed frame, GC, and an acceptor killed and restarted under streaming.
+
+Both replay the acceptors' and proposer's traces with the conformance checker afterwards: the
+pageserver's handling emits no trace event, so the traces stay a behaviour of the spec.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from conformance.replay import check_run
+from impl.acceptor_server import STREAM_CHUNK, STREAM_FRAMES, AcceptorServer, serve_acceptor
+from impl.cluster import Cluster
+from impl.offload import OffloadConfig
+from impl.pagewal import PAGE_SIZE, RecordBuilder, encode_record
+from impl.pageserver import PageClient, Pageserver, PageserverConfig, serve_pageserver
+from impl.proposer_client import Proposer, ProposerConfig, serve_proposer
+from impl.remote import LocalFs
+from impl.timeline import TimelineConfig
+from impl.walreceiver import ReceiverConfig, choose_acceptor
+from impl.wire import (
+    BranchCreate,
+    BranchCreated,
+    BranchList,
+    BranchListData,
+    DbSize,
+    DbSizeData,
+    Gc,
+    GcDone,
+    GetPage,
+    PageImageData,
+    PageserverError,
+    PageserverStatus,
+    PageserverStatusRequest,
+    FrameDecoder,
+    Greeting,
+    PageserverFeedback,
+    StatusRequest,
+    StatusResponse,
+    StreamWal,
+    WalChunk,
+    encode,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+COMMAND_TIMEOUT = 120
+DEADLINE = 90  # seconds one trio run may take
+
+
+def paxwal(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "impl.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=COMMAND_TIMEOUT)
+
+
+def page(tag: int, version: int) -> bytes:
+    """A page whose bytes say which page and version it is."""
+    head = f"page {tag} version {version} ".encode()
+    return (head * (PAGE_SIZE // len(head) + 1))[:PAGE_SIZE]
+
+
+class Writer:
+    """Writes page records through a proposer (the compute's part, without SQLite)."""
+
+    def __init__(self, proposer: Proposer) -> None:
+        self.proposer = proposer
+        self.builder = RecordBuilder(0)
+
+    async def commit(self, dirty: dict[int, bytes], db_size: int) -> int:
+        record = self.builder.build(dirty, db_size, time.time_ns() // 1000)
+        assert record is not None
+        try:
+            lsn = await self.proposer.append(encode_record(record))
+        except BaseException:
+            self.builder.abort()
+            raise
+        self.builder.commit()
+        return lsn
+
+
+async def write_three(writer: Writer) -> tuple[list[int], list[dict[int, bytes]]]:
+    """Three transactions; returns their LSNs and the database (page -> bytes) after each."""
+    states: list[dict[int, bytes]] = []
+    lsns = [await writer.commit({0: page(0, 1), 1: page(1, 1)}, 2)]
+    states.append({0: page(0, 1), 1: page(1, 1)})
+    changed = bytearray(page(0, 1))
+    changed[100:110] = b"0123456789"  # a delta
+    lsns.append(await writer.commit({0: bytes(changed)}, 2))
+    states.append({0: bytes(changed), 1: page(1, 1)})
+    lsns.append(await writer.commit({1: page(1, 3), 2: page(2, 3)}, 3))
+    states.append({0: bytes(changed), 1: page(1, 3), 2: page(2, 3)})
+    return lsns, states
+
+
+async def assert_pages(client: PageClient, timeline: str, lsn: int, state: dict[int, bytes]) -> None:
+    for number, expected in state.items():
+        reply = await client.request(GetPage(timeline=timeline, page=number, lsn=lsn))
+        assert isinstance(reply, PageImageData), reply
+        assert reply.image == expected, (timeline, number, lsn)
+    size = await client.request(DbSize(timeline=timeline, lsn=lsn))
+    assert size == DbSizeData(lsn=lsn, db_size=len(state))
+
+
+def assert_traces_accepted(run_dir: Path) -> None:
+    result = check_run([run_dir])
+    assert result.verdict == "accepted", result.divergence.report() if result.divergence else result
+
+
+# ---------------------------------------------------------------------------------------------
+# A real cluster, with the pageserver as a process
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster_dir(tmp_path: Path):
+    directory = tmp_path / "cluster"
+    yield directory
+    cluster = Cluster(directory)
+    for pid_file in (directory / "pids").glob("*.pid"):
+        cluster.stop(pid_file.stem)
+    if list(cluster.run_dir.glob("*.ndjson")):
+        assert_traces_accepted(cluster.run_dir)
+
+
+def test_getpage_branch_and_restore_from_object_storage(cluster_dir: Path) -> None:
+    up = paxwal("cluster", "up", "--dir", str(cluster_dir), "--pageserver")
+    assert up.returncode == 0, up.stderr
+    assert "pageserver  port" in up.stdout
+    cluster = Cluster(cluster_dir)
+    config = cluster.load()
+    assert config.pageserver_port is not None
+    cluster.add_proposer("c1")
+
+    async def write_and_read() -> tuple[list[int], list[dict[int, bytes]]]:
+        with trio.fail_after(DEADLINE):
+            addresses = {a: ("127.0.0.1", p) for a, p in config.acceptors.items()}
+            async with trio.open_nursery() as nursery:
+                proposer = await nursery.start(serve_proposer, "c1", addresses, ProposerConfig(),
+                                               config.wal_start, cluster.run_dir / "c1.ndjson")
+                await proposer.wait_leader()
+                lsns, states = await write_three(Writer(proposer))
+                async with await PageClient.connect(config.pageserver_port) as client:
+                    for lsn, state in zip(lsns, states):
+                        await assert_pages(client, "main", lsn, state)
+                    created = await client.request(BranchCreate(name="mid", ancestor="main", lsn=lsns[1]))
+                    assert created == BranchCreated(name="mid", ancestor="main", lsn=lsns[1])
+                    await assert_pages(client, "mid", lsns[1], states[1])
+                    # The branch point is its start: reads after it on the branch see nothing new.
+                    missing = await client.request(GetPage(timeline="mid", page=0, lsn=lsns[2]))
+                    assert isinstance(missing, PageserverError) and missing.code == "lsn-not-ingested", missing
+                    unknown = await client.request(GetPage(timeline="nope", page=0, lsn=lsns[0]))
+                    assert isinstance(unknown, PageserverError) and unknown.code == "unknown-timeline"
+                    await assert_pages(client, "main", lsns[2], states[2])  # the connection survived
+                nursery.cancel_scope.cancel()
+        return lsns, states
+
+    lsns, states = trio.run(write_and_read)
+
+    status = paxwal("pageserver", "status", "--dir", str(cluster_dir))
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith("main: last_record ") and "streaming from a" in status.stdout
+    listing = paxwal("branch", "list", "--dir", str(cluster_dir))
+    assert listing.returncode == 0 and "mid: " in listing.stdout and "branch of main@" in listing.stdout, listing
+    again = paxwal("branch", "create", "mid", "--from", "main", "--dir", str(cluster_dir))
+    assert again.returncode == 2 and "timeline-exists" in again.stderr, again.stderr
+    cstatus = paxwal("cluster", "status", "--dir", str(cluster_dir))
+    assert cstatus.returncode == 0 and "pageserver: main last_record" in cstatus.stdout, cstatus.stdout
+
+    down = paxwal("cluster", "down", "--dir", str(cluster_dir))
+    assert down.returncode == 0 and "pageserver  stopped" in down.stdout, down.stdout
+    shutil.rmtree(cluster_dir / "pageserver")
+    up = paxwal("cluster", "up", "--dir", str(cluster_dir), "--pageserver")
+    assert up.returncode == 0, up.stderr
+
+    async def read_again() -> PageserverStatus:
+        with trio.fail_after(DEADLINE):
+            async with await PageClient.connect(config.pageserver_port) as client:
+                status = await client.request(PageserverStatusRequest(timeline="main"))
+                names = await client.request(BranchList())
+                for lsn, state in zip(lsns, states):
+                    await assert_pages(client, "main", lsn, state)
+                await assert_pages(client, "mid", lsns[1], states[1])
+        assert names == BranchListData(names=("main", "mid"))
+        assert isinstance(status, PageserverStatus)
+        return status
+
+    restored = trio.run(read_again)
+    gc = paxwal("pageserver", "gc", "--dir", str(cluster_dir))
+    assert gc.returncode == 0 and gc.stdout.startswith("gc: removed "), gc
+    # Restored from object storage alone: the final upload at `down` covered every record.
+    assert restored.disk_consistent_lsn >= lsns[2] and restored.remote_consistent_lsn >= lsns[2], restored
+    assert "restored main, mid from object storage" in cluster.log_file("pageserver").read_text()
+    down = paxwal("cluster", "down", "--dir", str(cluster_dir))
+    assert down.returncode == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Everything in one trio run
+# ---------------------------------------------------------------------------------------------
+
+ACCEPTORS = ("a1", "a2", "a3")
+
+
+class Local:
+    """Acceptors, a proposer and a pageserver in one nursery, each stoppable on its own."""
+
+    def __init__(self, nursery: trio.Nursery, tmp: Path) -> None:
+        self.nursery = nursery
+        self.tmp = tmp
+        self.run_dir = tmp / "run"
+        self.run_dir.mkdir()
+        self.store = LocalFs(tmp / "remote")
+        self.ports: dict[str, int] = {}
+        self.acceptors: dict[str, AcceptorServer] = {}
+        self.scopes: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
+        self.acceptor_options: dict[str, object] = {}
+
+    async def _start(self, name: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        scope, stopped = trio.CancelScope(), trio.Event()
+        self.scopes[name] = (scope, stopped)
+
+        async def run(task_status: trio.TaskStatus[object]) -> None:
+            try:
+                with scope:
+                    await fn(*args, **kwargs, task_status=task_status)
+            finally:
+                stopped.set()
+
+        return await self.nursery.start(run)
+
+    async def start_acceptor(self, name: str) -> AcceptorServer:
+        server = await self._start(name, serve_acceptor, name, self.tmp / name, "127.0.0.1", self.ports.get(name, 0), 0,
+                                   self.run_dir / f"{name}.ndjson", remote=self.store, remote_prefix="timelines/main",
+                                   **self.acceptor_options)
+        self.ports[name] = server.port
+        self.acceptors[name] = server
+        return server
+
+    async def stop(self, name: str) -> None:
+        scope, stopped = self.scopes.pop(name)
+        scope.cancel()
+        await stopped.wait()
+
+    async def start_proposer(self) -> Proposer:
+        addresses = {a: ("127.0.0.1", self.ports[a]) for a in ACCEPTORS}
+        return await self._start("c1", serve_proposer, "c1", addresses, trace_path=self.run_dir / "c1.ndjson")
+
+    async def start_pageserver(self, config: PageserverConfig) -> Pageserver:
+        return await self._start("pageserver", serve_pageserver, self.tmp / "pageserver", dict(self.ports),
+                                 remote=self.store, config=config)
+
+    def check_traces(self) -> None:
+        cluster = {"proposers": ["c1"], "acceptors": list(ACCEPTORS), "wal_start": 0}
+        (self.run_dir / "run.json").write_text(json.dumps({"cluster": cluster}) + "\n")
+        assert_traces_accepted(self.run_dir)
+
+
+FAST = PageserverConfig(
+    receiver=ReceiverConfig(status_interval=0.1, silence_timeout=1.0, retry_first=0.2, retry_max=1.0,
+                            feedback_interval=0.1),
+    timelines=TimelineConfig(pitr_bytes=0, pitr_seconds=0),
+    freeze_interval=0.2, sync_interval=0.3, compaction_interval=1.0, gc_interval=0, wait_lsn_timeout=1.0,
+)
+
+
+def run_local(tmp_path: Path, body, **acceptor_options: object) -> Local:  # type: ignore[no-untyped-def]
+    locals_: list[Local] = []
+
+    async def main() -> None:
+        with trio.fail_after(DEADLINE):
+            async with trio.open_nursery() as nursery:
+                local = Local(nursery, tmp_path)
+                locals_.append(local)
+                local.acceptor_options = acceptor_options
+                for a in ACCEPTORS:
+                    await local.start_acceptor(a)
+                try:
+                    await body(local)
+                finally:
+                    for name in list(local.scopes):
+                        await local.stop(name)
+
+    trio.run(main)
+    return locals_[0]
+
+
+def test_errors_are_clean_replies_and_a_bad_frame_closes_only_its_connection(tmp_path: Path) -> None:
+    async def body(local: Local) -> None:
+        proposer = await local.start_proposer()
+        pageserver = await local.start_pageserver(FAST)
+        await proposer.wait_leader()
+        lsns, states = await write_three(Writer(proposer))
+        async with await PageClient.connect(pageserver.port) as client:
+            await assert_pages(client, "main", lsns[2], states[2])
+            start = trio.current_time()
+            never = await client.request(GetPage(timeline="main", page=0, lsn=lsns[2] + 10**9))
+            assert isinstance(never, PageserverError) and never.code == "lsn-timeout", never
+            assert 0.9 <= trio.current_time() - start < 5
+            assert (await client.request(GetPage(timeline="x", page=0, lsn=0))).code == "unknown-timeline"
+            beyond = await client.request(GetPage(timeline="main", page=7, lsn=lsns[2]))
+            assert isinstance(beyond, PageserverError) and beyond.code == "page-beyond-end"
+            refused = await client.request(StatusRequest())
+            assert isinstance(refused, PageserverError) and refused.code == "bad-request"
+
+            # A malformed frame closes its own connection, and only it.
+            bad = await trio.open_tcp_stream("127.0.0.1", pageserver.port)
+            await bad.send_all(b"\x00\x00\x00\x05\x04garbage")
+            with trio.fail_after(5):
+                assert await bad.receive_some(100) == b""
+            await bad.aclose()
+            await assert_pages(client, "main", lsns[1], states[1])
+
+            # GC with no window: the cutoff moves to the last record; older reads are refused.
+            await pageserver.freeze_and_flush(force=True)
+            done = await client.request(Gc())
+            assert isinstance(done, GcDone)
+            status = await client.request(PageserverStatusRequest(timeline="main"))
+            assert isinstance(status, PageserverStatus) and status.gc_cutoff == lsns[2], status
+            old = await client.request(GetPage(timeline="main", page=0, lsn=lsns[0]))
+            assert isinstance(old, PageserverError) and old.code == "lsn-below-gc-cutoff", old
+            below = await client.request(BranchCreate(name="old", ancestor="main", lsn=lsns[0]))
+            assert isinstance(below, PageserverError) and below.code == "branch-below-gc-cutoff"
+            await assert_pages(client, "main", lsns[2], states[2])
+
+    local = run_local(tmp_path, body)
+    local.check_traces()
+
+
+def test_acceptor_killed_under_streaming_is_switched_away_from(tmp_path: Path) -> None:
+    async def body(local: Local) -> None:
+        proposer = await local.start_proposer()
+        pageserver = await local.start_pageserver(FAST)
+        await proposer.wait_leader()
+        writer = Writer(proposer)
+        lsns, states = await write_three(writer)
+        async with await PageClient.connect(pageserver.port) as client:
+            await assert_pages(client, "main", lsns[2], states[2])
+            first = pageserver.receiver.streaming_from
+            assert first in ACCEPTORS
+            await local.stop(first)
+            lsn = await writer.commit({0: page(0, 4)}, 3)
+            reply = await client.request(GetPage(timeline="main", page=0, lsn=lsn))
+            assert isinstance(reply, PageImageData) and reply.image == page(0, 4)
+            assert pageserver.receiver.streaming_from not in (None, first)
+            assert pageserver.receiver.switches[-1][0] == first
+            await local.start_acceptor(first)  # back on its port and directory
+            lsn = await writer.commit({1: page(1, 5)}, 3)
+            reply = await client.request(GetPage(timeline="main", page=1, lsn=lsn))
+            assert isinstance(reply, PageImageData) and reply.image == page(1, 5)
+            # The acceptors take the pageserver's remote_consistent_lsn (after a flush and an
+            # upload) as their WAL removal horizon.
+            await pageserver.freeze_and_flush(force=True)
+            with trio.fail_after(10):
+                while not any(a.remote_consistent_lsn >= lsn for a in local.acceptors.values()):
+                    await trio.sleep(0.1)
+
+    local = run_local(tmp_path, body)
+    local.check_traces()
+
+
+async def serve_silent_acceptor(commit_lsn: int, task_status: trio.TaskStatus[int]) -> None:
+    """A fake acceptor that claims `commit_lsn` in its status but never streams a byte."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        raw = RawStream(stream)
+        while (msg := await raw.receive()) is not None:
+            if isinstance(msg, StatusRequest):
+                await raw.send(StatusResponse(acceptor="f1", term=1, flush_lsn=commit_lsn, commit_lsn=commit_lsn,
+                                              wal_start=0, leader="", leader_term=0, proposers=()))
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, handle, listeners)
+        task_status.started(listeners[0].socket.getsockname()[1])
+
+
+def test_a_silent_acceptor_is_left_and_one_far_ahead_is_tried_again(tmp_path: Path) -> None:
+    async def body(local: Local) -> None:
+        fake = await local._start("f1", serve_silent_acceptor, 2**40)
+        proposer = await local.start_proposer()
+        config = attrs.evolve(FAST, receiver=attrs.evolve(FAST.receiver, silence_timeout=0.5, retry_first=0.4,
+                                                          retry_max=0.4))
+        pageserver = await local._start("pageserver", serve_pageserver, local.tmp / "pageserver",
+                                        {**local.ports, "f1": fake}, remote=local.store, config=config)
+        await proposer.wait_leader()
+        lsns, states = await write_three(Writer(proposer))
+        async with await PageClient.connect(pageserver.port) as client:
+            await assert_pages(client, "main", lsns[2], states[2])
+            with trio.fail_after(10):
+                while True:
+                    reasons = [(old, why.split(":")[0]) for old, _, why in pageserver.receiver.switches]
+                    if ("f1", "silent for 0.5 s") in reasons and any(
+                            why == "lagging" and new == "f1" for (_, why), (_, new, _) in
+                            zip(reasons[1:], pageserver.receiver.switches[1:])):
+                        break
+                    await trio.sleep(0.1)
+            lsn = await Writer(proposer).commit({0: page(0, 9)}, 3)
+            reply = await client.request(GetPage(timeline="main", page=0, lsn=lsn))
+            assert isinstance(reply, PageImageData) and reply.image == page(0, 9)
+
+    local = run_local(tmp_path, body)
+    local.check_traces()
+
+
+class RawStream:
+    """A hand-driven acceptor connection, for the acceptor's side of streaming (rule 9)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.decoder = FrameDecoder()
+
+    async def send(self, msg: object) -> None:
+        await self.stream.send_all(encode(msg))  # type: ignore[arg-type]
+
+    async def receive(self) -> object:
+        """The next message, or None once the acceptor closed the connection."""
+        while (frame := self.decoder.next_frame()) is None:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self.decoder.feed(data)
+        return frame.message
+
+
+def test_acceptor_streams_committed_wal_with_keepalives_and_refuses_mixed_connections(tmp_path: Path) -> None:
+    async def body(local: Local) -> None:
+        proposer = await local.start_proposer()
+        await proposer.wait_leader()
+        records = [bytes([i]) * 70_000 for i in range(1, 5)]  # more than one STREAM_CHUNK in all
+        ends = [await proposer.append(r) for r in records]
+        wal = b"".join(records)
+        port = local.ports["a1"]
+        while local.acceptors["a1"].core.commit_lsn < ends[-1]:  # commit_lsn reaches it with a heartbeat
+            await trio.sleep(0.05)
+
+        raw = RawStream(await trio.open_tcp_stream("127.0.0.1", port))
+        await raw.send(StreamWal(pageserver="ps", timeline="main", start_lsn=ends[0]))
+        got = b""
+        while len(got) < ends[-1] - ends[0]:
+            chunk = await raw.receive()
+            assert isinstance(chunk, WalChunk) and chunk.begin_lsn == ends[0] + len(got), chunk
+            assert len(chunk.wal) <= STREAM_CHUNK and chunk.commit_lsn >= chunk.end_lsn
+            got += chunk.wal
+        assert got == wal[ends[0]:]
+        keepalive = await raw.receive()  # nothing new: commit_lsn alone, within STREAM_KEEPALIVE
+        assert isinstance(keepalive, WalChunk) and keepalive.wal == b"" and keepalive.commit_lsn == ends[-1]
+        await raw.send(PageserverFeedback(timeline="main", last_record_lsn=ends[-1], disk_consistent_lsn=ends[-1],
+                                          remote_consistent_lsn=ends[1]))
+        with trio.fail_after(5):
+            while local.acceptors["a1"].remote_consistent_lsn != ends[1]:
+                await trio.sleep(0.02)
+        await raw.send(Greeting(proposer="c9"))  # a proposer message on the pageserver's connection
+        while (msg := await raw.receive()) is not None:
+            assert isinstance(msg, WalChunk)
+        await raw.stream.aclose()
+
+        early = RawStream(await trio.open_tcp_stream("127.0.0.1", port))
+        await early.send(PageserverFeedback(timeline="main", last_record_lsn=0, disk_consistent_lsn=0,
+                                            remote_consistent_lsn=10**9))
+        assert await early.receive() is None
+        assert local.acceptors["a1"].remote_consistent_lsn == ends[1]
+        await early.stream.aclose()
+
+    local = run_local(tmp_path, body)
+    local.check_traces()
+
+
+def test_a_pageserver_that_stops_reading_costs_a_bounded_buffer(tmp_path: Path) -> None:
+    async def body(local: Local) -> None:
+        proposer = await local.start_proposer()
+        await proposer.wait_leader()
+        slow = RawStream(await trio.open_tcp_stream("127.0.0.1", local.ports["a1"]))
+        await slow.send(StreamWal(pageserver="ps", timeline="main", start_lsn=0))
+        records = [bytes([i % 250 + 1]) * 100_000 for i in range(60)]  # 6 MB, more than TCP buffers hold
+        ends = [await proposer.append(r) for r in records]
+        a1 = local.acceptors["a1"]
+        await trio.sleep(1)  # the streamer runs into the full socket and outbox
+        (name, streamed, frames), = a1.wal_streams
+        assert name == "ps" and streamed < ends[-1] and frames <= STREAM_FRAMES, a1.wal_streams
+        got = b""
+        with trio.fail_after(20):
+            while len(got) < ends[-1]:
+                chunk = await slow.receive()
+                assert isinstance(chunk, WalChunk), chunk
+                got += chunk.wal
+        assert got == b"".join(records)  # nothing lost, nothing closed
+        await slow.stream.aclose()
+
+    local = run_local(tmp_path, body)
+    local.check_traces()
+
+
+def test_wal_removed_locally_is_streamed_from_object_storage(tmp_path: Path) -> None:
+    async def body(local: Local) -> None:
+        proposer = await local.start_proposer()
+        await proposer.wait_leader()
+        records = [bytes([i]) * 3000 for i in range(1, 11)]  # 30 kB: seven 4 KiB segments
+        ends = [await proposer.append(r) for r in records]
+        a1 = local.acceptors["a1"]
+        with trio.fail_after(20):
+            for server in local.acceptors.values():  # the pageserver's horizon allows removal
+                await server.set_remote_consistent_lsn(ends[-1])
+            while a1.local_start_lsn < 3 * 4096:
+                await trio.sleep(0.05)
+        raw = RawStream(await trio.open_tcp_stream("127.0.0.1", local.ports["a1"]))
+        await raw.send(StreamWal(pageserver="ps", timeline="main", start_lsn=0))
+        got = b""
+        with trio.fail_after(10):
+            while len(got) < ends[-1]:
+                chunk = await raw.receive()
+                assert isinstance(chunk, WalChunk), chunk
+                got += chunk.wal
+        assert got == b"".join(records)
+        assert a1.fallback_reads >= 1
+        await raw.stream.aclose()
+
+    offload = OffloadConfig(heartbeat=0.05, lease=0.5, poll=0.05)
+    local = run_local(tmp_path, body, segment_size=4096, offload=offload)
+    local.check_traces()
+
+
+def test_choose_acceptor_follows_neons_rules() -> None:
+    commits = {"a1": 100, "a2": 300, "a3": 300}
+    assert choose_acceptor(commits, None, 0, set(), 1000) == ("a2", "no connection")
+    assert choose_acceptor(commits, None, 0, {"a2"}, 1000) == ("a3", "no connection")
+    assert choose_acceptor(commits, "a1", 100, set(), 1000) == ("a1", None)  # behind, but not by max_lag
+    assert choose_acceptor(commits, "a1", 100, set(), 200) == ("a2", "lagging")
+    assert choose_acceptor({}, None, 0, set(), 1) == (None, None)
+    assert choose_acceptor({"a1": 5}, None, 0, {"a1"}, 1) == (None, None)
+
+
+def test_cli_refuses_a_busy_port_and_missing_arguments_with_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = paxwal("pageserver", "--dir", str(tmp_path / "ps"), "--port", str(port), "--acceptors", "a1=1")
+    assert result.returncode == 2, result
+    assert result.stderr.splitlines()[-1].startswith("paxwal: error: pageserver cannot start on 127.0.0.1:")
+    missing = paxwal("pageserver", "--dir", str(tmp_path / "ps"))
+    assert missing.returncode == 2 and "--port and --acceptors required" in missing.stderr
+    bad = paxwal("pageserver", "--dir", str(tmp_path / "ps"), "--port", "1", "--acceptors", "a1")
+    assert bad.returncode == 2 and "expected a1=PORT" in bad.stderr
