@@ -64,6 +64,9 @@ bench: setup
 	$(BIN)/paxwal bench replay
 	$(BIN)/paxwal bench commit
 	$(BIN)/paxwal bench ingest
+	$(BIN)/paxwal bench getpage
+	$(BIN)/paxwal bench branch
+	$(BIN)/paxwal bench pageserver-ingest
 
 # The long chaos run on a real cluster, on demand: kill -9, pauses and restarts under load for
 # SOAK_SECONDS (10 minutes by default); `make test` runs a 60-second smoke of it.

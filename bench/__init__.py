@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from bench import commit, ingest, replay, sim, trace
+from bench import branch, commit, getpage, ingest, pageserver_ingest, replay, sim, trace
 
-BENCHMARKS: dict[str, ModuleType] = {module.NAME: module for module in (sim, trace, replay, commit, ingest)}
+BENCHMARKS: dict[str, ModuleType] = {
+    module.NAME: module for module in (sim, trace, replay, commit, ingest, getpage, branch, pageserver_ingest)
+}
 
 __all__ = ["BENCHMARKS"]

@@ -102,3 +102,118 @@ def test_sequential_write_rotates_files_and_leaves_none(tmp_path):
     written, elapsed = sequential_write(tmp_path, bytes(4096), 16384, 0.2, 65536)
     assert written > 0 and written % 16384 == 0 and elapsed >= 0.2
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The pageserver's benchmarks (bench/getpage.py, bench/branch.py, bench/pageserver_ingest.py),
+# at small sizes: the figures are sane and their ratios are those of the figures.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pageserver_benchmarks_are_registered():
+    assert [BENCHMARKS[name].NAME for name in ("getpage", "branch", "pageserver-ingest")] == [
+        "getpage", "branch", "pageserver-ingest"]
+
+
+def test_getpage_figures_are_positive_and_ratios_match(capsys, monkeypatch):
+    from bench import getpage
+
+    monkeypatch.setattr(getpage, "PAGES", 300)
+    figures = run_bench("getpage", capsys)
+    assert figures["pages"] == 300 and figures["chain_deltas"] == 10
+    base = figures["baseline_dict_lookups_per_second"]
+    assert base > 0
+    phases = ["inprocess_cached", "inprocess_reconstructed", "socket_cached", "socket_reconstructed",
+              f"socket_cached_{getpage.CLIENTS}_clients"]
+    for phase in phases:
+        rate = figures[f"{phase}_per_second"]
+        assert rate > 0
+        # Ratios are of unrounded rates, to 3 significant digits.
+        assert figures[f"ratio_{phase}_to_baseline"] == pytest.approx(rate / base, rel=0.01)
+    ratio = figures["inprocess_reconstructed_per_second"] / figures["inprocess_cached_per_second"]
+    assert figures["ratio_inprocess_reconstructed_to_cached"] == pytest.approx(ratio, rel=0.01)
+
+
+def test_getpage_stops_the_page_service_and_cleans_up_on_ctrl_c(monkeypatch):
+    from bench import getpage
+
+    async def interrupted(*_args):
+        raise KeyboardInterrupt  # as a Ctrl-C would, with the page service running
+
+    monkeypatch.setattr(getpage, "PAGES", 50)
+    monkeypatch.setattr(getpage, "_clients", interrupted)
+    before = leftovers("paxwal-bench-getpage-")
+    with pytest.raises(KeyboardInterrupt):
+        getpage.run(0.05)
+    assert leftovers("paxwal-bench-getpage-") == before
+
+
+def test_branch_figures_are_positive_and_ratios_match(capsys, monkeypatch):
+    from bench import branch
+
+    monkeypatch.setattr(branch, "SIZES", (50, 1000))
+    figures = run_bench("branch", capsys)
+    assert figures["parent_pages_small"] == 50 and figures["parent_pages_large"] == 1000
+    assert figures["baseline_atomic_write_ms_median"] > 0 and figures["rounds"] >= branch.MIN_ROUNDS
+    base = figures["baseline_atomic_write_ms_median"]
+    for label in ("small", "large"):
+        median = figures[f"branch_ms_median_{label}"]
+        assert 0 < median <= figures[f"branch_ms_p99_{label}"]
+        assert figures[f"parent_layer_files_{label}"] >= 1
+        assert figures[f"ratio_branch_{label}_to_baseline"] == pytest.approx(median / base, rel=0.02, abs=0.002)
+    ratio = figures["branch_ms_median_large"] / figures["branch_ms_median_small"]
+    assert figures["ratio_large_to_small"] == pytest.approx(ratio, rel=0.02, abs=0.002)
+    goal = "met" if figures["ratio_large_to_small"] <= branch.GOAL_RATIO else "missed"
+    assert figures["goal_does_not_grow"] == goal
+
+
+def test_branch_cleans_up_on_ctrl_c(monkeypatch):
+    from bench import branch
+
+    def interrupted(*_args):
+        raise KeyboardInterrupt  # as a Ctrl-C would, with both parents open
+
+    monkeypatch.setattr(branch, "SIZES", (10, 20))
+    monkeypatch.setattr(branch, "interleaved_times", interrupted)
+    before = leftovers("paxwal-bench-branch-")
+    with pytest.raises(KeyboardInterrupt):
+        branch.run(0.05)
+    assert leftovers("paxwal-bench-branch-") == before
+
+
+def test_pageserver_ingest_figures_are_positive_and_ratios_match(capsys, monkeypatch):
+    from bench import pageserver_ingest
+    from impl.timeline import TimelineConfig
+
+    monkeypatch.setattr(pageserver_ingest, "WAL_BYTES", 256 * 1024)
+    monkeypatch.setattr(pageserver_ingest, "DB_PAGES", 32)
+    # A small checkpoint distance, so the ingest freezes and flushes as it goes.
+    monkeypatch.setattr(pageserver_ingest, "CONFIG", TimelineConfig(checkpoint_distance=1024 * 1024))
+    figures = run_bench("pageserver-ingest", capsys)
+    assert figures["wal_records"] > 0 and figures["wal_images"] > 0 and figures["wal_deltas"] > 0
+    assert 0 < figures["image_share_of_bytes"] < 1
+    rate = figures["ingest_mib_per_second"]
+    assert rate > 0 and figures["ingest_records_per_second"] > 0
+    for base in ("decode", "write_fsync"):
+        baseline = figures[f"baseline_{base}_mib_per_second"]
+        assert baseline > 0
+        assert figures[f"ratio_ingest_to_{base}"] == pytest.approx(rate / baseline, rel=0.02, abs=0.002)
+    assert figures["mib_ingested"] > 0 and figures["seconds_measured"] >= 0.5
+    assert figures["layer_files_flushed"] >= 2
+
+
+def test_page_wal_is_valid_and_mixes_images_and_deltas():
+    from bench.pageserver_ingest import page_wal
+    from impl.pagewal import PageDelta, PageImage, RecordReader
+
+    wal, counts = page_wal(64 * 1024, db_pages=16)
+    reader = RecordReader(0)
+    reader.feed(wal)
+    kinds = {PageImage: 0, PageDelta: 0}
+    records = 0
+    while (item := reader.next_record()) is not None:
+        records += 1
+        for entry in item[1].pages:
+            kinds[type(entry)] += 1
+    assert reader.lsn == len(wal) and records == counts["records"]
+    assert kinds == {PageImage: counts["images"], PageDelta: counts["deltas"]}
