@@ -1,7 +1,14 @@
-"""The acceptor's trio shell: an `AcceptorCore` behind a TCP listener (DESIGN §4).
+"""The acceptor's trio shell: one `AcceptorCore` per timeline behind a TCP listener (DESIGN §4).
 
 Theory of operation
 ===================
+
+One acceptor process serves many timelines (Neon's safekeeper keeps per-timeline state:
+reference/neon-protocol.md §1, §4).  Each timeline is an `AcceptorTimeline`: its own core,
+WAL, control file, horizons, offloader, driver, disk task and connections, in
+``<data_dir>/timelines/<timeline>/``, tracing to ``<trace_dir>/<timeline>/<node>.ndjson``;
+its core does not know the others.  Rules 1 to 9 are those of one timeline; rule 10 says how
+a connection finds its timeline.
 
 Rules of this file:
 
@@ -37,8 +44,10 @@ Rules of this file:
    and message counter from its trace file, so ids stay unique across restarts.
 
 7. Operators are answered beside the core.  A StatusRequest (not a spec message) is answered
-   at once from the core's fields, on whatever connection asked, which stays anonymous: no
-   core call, no trace event, no state change.
+   at once from the fields of the core of the timeline it names, on whatever connection
+   asked, which stays anonymous: no core call, no trace event, no state change.  A timeline
+   this acceptor does not hold is answered with an empty status (term 0, every LSN 0, no
+   leader): it promised nothing for it, and creating it on a question would be a side effect.
 
 8. Offload runs beside the core, never in its way (impl/offload.py).  With object storage
    configured (`remote`), an `Offloader` runs in tasks of its own: it reads the core's LSNs
@@ -68,6 +77,17 @@ Rules of this file:
    close.  A `PageserverFeedback` goes to `set_remote_consistent_lsn` in a task of the
    connection's own (the driver never waits for its file write).  No core call, no trace
    event, no consensus state change: the only state it moves is the horizons file.
+
+10. A connection belongs to one timeline, named by its first frame, and its frames go to that
+   timeline's inbox only.  A proposer's first frame is `OpenTimeline(proposer, timeline,
+   wal_start)`: a timeline held already is bound if its WAL starts at `wal_start`, and
+   refused otherwise (the reason logged, that connection closed, nothing else touched); one
+   not held is created fresh with that WAL start (a branch's WAL starts at its branch LSN),
+   its directory written before the connection is bound.  A pageserver's first frame is its
+   StreamWal, which names its timeline; a timeline not held refuses it.  A StatusRequest
+   binds nothing (rule 7).  Any other first frame is a ProtocolError.  At start every
+   timeline directory holding a control file is opened (its WAL start is the first switch of
+   its term history), so a restart reopens them all before anyone connects.
 
 Group commit: a `Flush` covers every `WriteWal` run since the previous one; `stats` counts
 fsyncs and how many writes each covered.
@@ -109,14 +129,15 @@ from impl.offload import (
     check_wal_available,
 )
 from impl.remote import RemoteStorage, check_key
-from impl.storage import CorruptStorage
+from impl.storage import CorruptStorage, fsync_dir
 from impl.trace import open_trace
 from impl.wal import DEFAULT_SEGMENT_SIZE, FileWal
-from impl.framing import Lost, Received, run_connection
+from impl.framing import Lost, Received, read_frames, write_frames
 from impl.termhistory import last_log_term
 from impl.wire import (
     AppendRequest,
     Frame,
+    OpenTimeline,
     PageserverFeedback,
     ProposerElected,
     ProtocolError,
@@ -125,11 +146,12 @@ from impl.wire import (
     StreamWal,
     WalChunk,
     WalData,
+    check_timeline_id,
     encode,
     format_lsn,
 )
 
-__all__ = ["AcceptorServer", "GroupCommitStats", "serve_acceptor"]
+__all__ = ["AcceptorServer", "AcceptorTimeline", "GroupCommitStats", "serve_acceptor"]
 
 log = logging.getLogger("paxwal.acceptor")
 
@@ -178,6 +200,7 @@ class _Connection:
     feedback_lsn: int = 0  # the highest remote_consistent_lsn it reported
     stream_lsn: int = 0  # where its streamer is: the end of the WAL queued for it
     feedback: trio.Event = attrs.field(factory=trio.Event)
+    timeline: AcceptorTimeline | None = None  # the timeline it is bound to (rule 10)
 
 
 @attrs.frozen
@@ -208,15 +231,14 @@ class _RemoveWal:
     done: trio.Event
 
 
-class AcceptorServer:
-    """One running acceptor: its core, its storage and its connections.
+class AcceptorTimeline:
+    """One timeline of a running acceptor: its core, its storage and its connections.
 
-    Built and run by `serve_acceptor`, which hands it to the caller through
-    `task_status.started`.
+    Built and started by `AcceptorServer` (rule 10).
 
     Attributes (read-only):
+        name: the timeline id.
         core: the AcceptorCore (read its state from the driver's side only: between awaits).
-        port: the TCP port it listens on.
         stats: group-commit counters.
         offloader: the Offloader (rule 8), or None without object storage.
         fallback_reads: WalData replies and WalChunks read partly from object storage (rules 8, 9).
@@ -224,17 +246,17 @@ class AcceptorServer:
 
     def __init__(
         self,
+        name: str,
         core: AcceptorCore,
         wal: FileWal,
         control: FileControlStorage,
-        port: int,
         *,
         horizons: LocalHorizons | None = None,
         remote_wal: RemoteWal | None = None,
         offload: OffloadConfig = OffloadConfig(),
     ) -> None:
+        self.name = name
         self.core = core
-        self.port = port
         self.stats = GroupCommitStats()
         self._wal = wal
         self._control = control
@@ -290,8 +312,8 @@ class AcceptorServer:
         if conn.closed:
             return  # decoded before we closed it: the core has forgotten this connection
         msg = frame.message
-        if isinstance(msg, StatusRequest):
-            await self._answer_status(conn)
+        if isinstance(msg, OpenTimeline):
+            await self._drop(conn, f"protocol error: a second OpenTimeline ({msg.timeline}) on a connection of {self.name}")
             return
         if isinstance(msg, (StreamWal, PageserverFeedback)) or conn.pageserver is not None:
             await self._pageserver_message(conn, msg)
@@ -306,18 +328,28 @@ class AcceptorServer:
             self._leader = (msg.proposer, msg.term)  # the core follows it (status only)
         await self._run(effects)
 
-    async def _answer_status(self, conn: _Connection) -> None:
-        """An operator's StatusRequest, answered from the core's fields (rule 7)."""
+    def status(self) -> StatusResponse:
+        """The answer to a StatusRequest for this timeline, from the core's fields (rule 7)."""
         leader, leader_term = self._leader
-        status = StatusResponse(
-            acceptor=self.core.node, term=self.core.term, flush_lsn=self.core.flush_lsn,
+        return StatusResponse(
+            acceptor=self.core.node, timeline=self.name, term=self.core.term, flush_lsn=self.core.flush_lsn,
             commit_lsn=self.core.commit_lsn, wal_start=self.core.wal_start, leader=leader,
             leader_term=leader_term, proposers=tuple(sorted(self._peers)),
         )
-        try:
-            conn.outbox.send_nowait(encode(status))
-        except trio.WouldBlock:
-            await self._drop(conn, f"outbox full ({OUTBOX_FRAMES} frames): the peer is not reading")
+
+    async def _run_tasks(self, startup: Effects, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The timeline's driver, disk task and offloader, until cancelled; `started()` once
+        an interrupted truncation is finished (rule 10: before anyone talks)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._drive)
+            nursery.start_soon(self._storage)
+            await self._run(startup)
+            if self.core.busy:
+                await self._settled.wait()
+            if self.offloader is not None:
+                await nursery.start(self.offloader.run)
+            task_status.started()
 
     # -----------------------------------------------------------------------------------
     # The pageserver (rule 9)
@@ -639,8 +671,157 @@ class AcceptorServer:
         except trio.WouldBlock:
             await self._drop(conn, f"outbox full ({OUTBOX_FRAMES} frames): the peer is not reading")
 
+
+# The directory under the data directory that holds one directory per timeline (rule 10).
+TIMELINES_DIR = "timelines"
+
+
+class AcceptorServer:
+    """One running acceptor: its timelines and the connections not yet bound to one.
+
+    Built and run by `serve_acceptor`, which hands it to the caller through
+    `task_status.started`.
+
+    Attributes (read-only):
+        node: the acceptor's id.
+        port: the TCP port it listens on.
+        data_dir: its data directory (one ``timelines/<timeline>/`` per timeline).
+        timelines: timeline id -> its AcceptorTimeline, for every timeline open now.
+    """
+
+    def __init__(
+        self,
+        node: str,
+        data_dir: Path,
+        port: int,
+        trace_dir: Path | None,
+        *,
+        segment_size: int,
+        remote: RemoteStorage | None,
+        remote_prefix: str,
+        offload: OffloadConfig,
+        stack: contextlib.ExitStack,
+    ) -> None:
+        self.node = node
+        self.data_dir = data_dir
+        self.port = port
+        self.timelines: dict[str, AcceptorTimeline] = {}
+        self._trace_dir = trace_dir
+        self._segment_size = segment_size
+        self._remote = remote
+        self._remote_prefix = remote_prefix
+        self._offload = offload
+        self._stack = stack
+        self._opening = trio.Lock()  # one timeline created at a time (rule 10)
+        self._nursery: trio.Nursery | None = None
+
+    def timeline_dir(self, timeline: str) -> Path:
+        """Where timeline `timeline`'s control file, WAL segments and horizons live."""
+        return self.data_dir / TIMELINES_DIR / check_timeline_id(timeline)
+
     # -----------------------------------------------------------------------------------
-    # Connections
+    # Opening timelines (rule 10)
+    # -----------------------------------------------------------------------------------
+
+    def held_timelines(self) -> list[str]:
+        """The timelines on disk: directories of `timelines/` holding a control file."""
+        root = self.data_dir / TIMELINES_DIR
+        if not root.is_dir():
+            return []
+        held = []
+        for entry in sorted(root.iterdir()):
+            try:
+                check_timeline_id(entry.name)
+            except ValueError:
+                log.warning("acceptor %s: %s is not a timeline directory (not a timeline id); ignored", self.node, entry)
+                continue
+            if entry.is_dir() and FileControlStorage(entry).path.exists():
+                held.append(entry.name)
+        return held
+
+    async def open_timeline(self, timeline: str, wal_start: int | None) -> AcceptorTimeline:
+        """The running timeline `timeline`, opened from disk or created with `wal_start`.
+
+        Args:
+            timeline: the timeline id.
+            wal_start: where its WAL must start; None to open one on disk as it is.
+
+        Raises:
+            CorruptStorage: the timeline's WAL starts elsewhere, or its directory is damaged
+                (the message says why); nothing was opened.
+            ValueError: a new timeline's `wal_start` is not a multiple of the segment size.
+            OSError: its directory or trace cannot be written.
+        """
+        async with self._opening:
+            held = self.timelines.get(timeline)
+            if held is None:
+                held = await self._start_timeline(timeline, wal_start)
+            if wal_start is not None and held.core.wal_start != wal_start:
+                raise CorruptStorage(
+                    f"acceptor {self.node}: timeline {timeline} holds a WAL starting at"
+                    f" {format_lsn(held.core.wal_start)}, not at {format_lsn(wal_start)}"
+                )
+            return held
+
+    async def _start_timeline(self, timeline: str, wal_start: int | None) -> AcceptorTimeline:
+        directory = self.timeline_dir(timeline)
+        fresh = not FileControlStorage(directory).path.exists()
+        if wal_start is None or not fresh:
+            control = FileControlStorage(directory).load()
+            if control is None:
+                raise CorruptStorage(f"acceptor {self.node}: timeline {timeline} has no control file in {directory}")
+            held_start = control.term_history[0][1]
+            if wal_start is not None and held_start != wal_start:
+                raise CorruptStorage(
+                    f"acceptor {self.node}: timeline {timeline} holds a WAL starting at"
+                    f" {format_lsn(held_start)}, not at {format_lsn(wal_start)}"
+                )
+            wal_start = held_start
+        if fresh and wal_start % self._segment_size:
+            # FileWal starts a WAL at a segment boundary (impl/wal.py); Neon's safekeeper
+            # starts mid-segment behind a synthetic header, which paxwal does not have yet.
+            raise ValueError(
+                f"acceptor {self.node}: timeline {timeline} cannot start its WAL at {format_lsn(wal_start)}:"
+                f" not a multiple of the segment size {self._segment_size}"
+            )
+        stack = contextlib.ExitStack()
+        try:
+            tracer = None
+            if self._trace_dir is not None:
+                (self._trace_dir / timeline).mkdir(parents=True, exist_ok=True)
+                tracer = open_trace(self.node, wal_start, self._trace_dir / timeline / f"{self.node}.ndjson", stack)
+            directory.mkdir(parents=True, exist_ok=True)
+            core, startup, wal, control_storage = await trio.to_thread.run_sync(
+                open_acceptor, directory, self.node, wal_start, tracer, self._segment_size
+            )
+            stack.callback(wal.close)
+            if fresh:
+                await trio.to_thread.run_sync(fsync_dir, directory.parent)
+            if core.wal_start != wal_start:
+                raise CorruptStorage(
+                    f"acceptor {self.node}: {directory} holds a WAL starting at {format_lsn(core.wal_start)},"
+                    f" not at {format_lsn(wal_start)}"
+                )
+            horizons = LocalHorizons.load(directory)
+            remote_wal = None
+            if self._remote is not None:
+                remote_wal = RemoteWal(self._remote, check_key(f"{self._remote_prefix}/{timeline}"), self._segment_size)
+            await trio.to_thread.run_sync(check_wal_available, self.node, core.wal_start, wal.start_lsn, remote_wal)
+            held = AcceptorTimeline(timeline, core, wal, control_storage, horizons=horizons, remote_wal=remote_wal,
+                                    offload=self._offload)
+            assert self._nursery is not None
+            await self._nursery.start(held._run_tasks, startup)
+        except BaseException:
+            stack.close()
+            raise
+        self._stack.push(stack)
+        self.timelines[timeline] = held
+        log.info("acceptor %s: timeline %s %s (WAL from %s, term %d, flush %s)", self.node, timeline,
+                 "created" if fresh else "opened", format_lsn(core.wal_start), core.term, format_lsn(core.flush_lsn))
+        return held
+
+    # -----------------------------------------------------------------------------------
+    # Connections (rules 7 and 10)
     # -----------------------------------------------------------------------------------
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
@@ -648,13 +829,68 @@ class AcceptorServer:
         outbox, outgoing = trio.open_memory_channel[bytes](OUTBOX_FRAMES)
         conn = _Connection(f"{host}:{port}", stream, outbox)
         log.info("connection %s opened", conn.name)
+
+        async def received(frame: Frame) -> None:
+            await self._route(conn, frame)
+
+        async def lost(reason: str) -> None:
+            if conn.timeline is not None:
+                await conn.timeline._inbox_send.send(Lost(conn, reason))
+            else:
+                self._close(conn, reason)
+
         try:
             with conn.scope:
                 async with trio.open_nursery() as nursery:
                     conn.nursery = nursery
-                    await run_connection(conn, stream, outgoing, self._inbox_send, "peer")
+                    nursery.start_soon(read_frames, stream, received, lost, "peer")
+                    nursery.start_soon(write_frames, stream, outgoing, lost)
         finally:
             await trio.aclose_forcefully(stream)
+
+    async def _route(self, conn: _Connection, frame: Frame) -> None:
+        """A frame of `conn`: to its timeline's inbox, or, before it has one, bind it (rule 10)."""
+        if conn.closed:
+            return
+        msg = frame.message
+        if isinstance(msg, StatusRequest):
+            held = self.timelines.get(msg.timeline)
+            status = held.status() if held is not None else StatusResponse(
+                acceptor=self.node, timeline=msg.timeline, term=0, flush_lsn=0, commit_lsn=0, wal_start=0,
+                leader="", leader_term=0, proposers=(),
+            )
+            try:
+                conn.outbox.send_nowait(encode(status))
+            except trio.WouldBlock:
+                self._close(conn, f"outbox full ({OUTBOX_FRAMES} frames): the peer is not reading")
+            return
+        if conn.timeline is not None:
+            await conn.timeline._inbox_send.send(Received(conn, frame))
+            return
+        if isinstance(msg, OpenTimeline):
+            try:
+                conn.timeline = await self.open_timeline(msg.timeline, msg.wal_start)
+            except (CorruptStorage, ValueError, OSError) as exc:  # a damaged or mismatched timeline, a full disk
+                self._close(conn, f"OpenTimeline of {msg.proposer} refused: {exc}")
+            return
+        if isinstance(msg, StreamWal):
+            held = self.timelines.get(msg.timeline)
+            if held is None:
+                self._close(conn, f"StreamWal from {msg.pageserver}: acceptor {self.node} holds no timeline {msg.timeline}")
+                return
+            conn.timeline = held
+            await held._inbox_send.send(Received(conn, frame))
+            return
+        self._close(conn, f"protocol error: {type(msg).__name__} before OpenTimeline or StreamWal")
+
+    def _close(self, conn: _Connection, reason: str) -> None:
+        """Close `conn`, bound to no timeline, once (rule 4)."""
+        if conn.closed:
+            return
+        conn.closed = True
+        log.info("connection %s (%s) closed: %s", conn.name, conn.peer or "unnamed", reason)
+        conn.scope.cancel()
+        conn.outbox.close()
 
 
 async def serve_acceptor(
@@ -662,12 +898,11 @@ async def serve_acceptor(
     data_dir: str | os.PathLike[str],
     host: str = "127.0.0.1",
     port: int = 0,
-    wal_start: int = 0,
-    trace_path: str | os.PathLike[str] | None = None,
+    trace_dir: str | os.PathLike[str] | None = None,
     *,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
     remote: RemoteStorage | None = None,
-    remote_prefix: str = "paxwal",
+    remote_prefix: str = "timelines",
     offload: OffloadConfig = OffloadConfig(),
     task_status: trio.TaskStatus[AcceptorServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -675,58 +910,56 @@ async def serve_acceptor(
 
     Args:
         node: the acceptor's id.
-        data_dir: its control file and WAL segments (created if empty).
+        data_dir: its timelines, one directory each under ``timelines/`` (created as
+            proposers open them, module docstring rule 10).
         host, port: where to listen; port 0 picks a free one (see `AcceptorServer.port`).
-        wal_start: where a fresh WAL starts (the cluster's configuration).
-        trace_path: append the node's trace here (ndjson), or None for no trace.
-        segment_size: the WAL's segment size (the cluster's configuration).
+        trace_dir: append each timeline's trace to ``<trace_dir>/<timeline>/<node>.ndjson``,
+            or None for no trace.
+        segment_size: the WAL segment size of every timeline (the cluster's configuration).
         remote: object storage to offload completed WAL segments to (module docstring,
             rule 8), or None for no offload (then no WAL is ever removed).
-        remote_prefix: the key prefix of this WAL's objects; the same for every acceptor of
-            the cluster, and different for every cluster sharing the store.
+        remote_prefix: the key prefix of the WALs' objects: timeline T's are under
+            ``<remote_prefix>/<T>``; the same for every acceptor of the cluster, and
+            different for every cluster sharing the store.
         offload: the offload tuning (heartbeat, lease, poll, backoff).
         task_status: `started(server)` once it listens (use with `nursery.start`).
 
     Resource handling:
         Runs until cancelled.  A storage operation in progress at cancellation finishes
-        first; then every connection is closed and the WAL and trace file with them.
+        first; then every connection is closed and the WALs and trace files with them.
 
     Error handling:
-        Raises CorruptStorage before listening if the directory is damaged (the message
-        names the file and the problem), or if WAL was removed locally and object storage
-        does not hold it (impl/offload.py, rule 6); ValueError for a bad `remote_prefix`;
-        OSError if the port cannot be bound.  Object storage failing later is logged and
-        retried by the offloader; it never stops the acceptor.  A bad or
-        vanished peer closes only its connection, logged (see the module docstring).
+        Raises CorruptStorage before listening if a timeline's directory is damaged (the
+        message names the file and the problem), or if WAL was removed locally and object
+        storage does not hold it (impl/offload.py, rule 6); ValueError for a bad
+        `remote_prefix`; OSError if the port cannot be bound.  Object storage failing later
+        is logged and retried by the offloader; it never stops the acceptor.  A bad or
+        vanished peer, or an OpenTimeline the acceptor refuses, closes only its connection,
+        logged (see the module docstring).
     """
+    check_key(remote_prefix)
     with contextlib.ExitStack() as stack:
-        tracer = None if trace_path is None else open_trace(node, wal_start, Path(trace_path), stack)
-        Path(data_dir).mkdir(parents=True, exist_ok=True)
-        core, startup, wal, control = open_acceptor(data_dir, node, wal_start, tracer, segment_size)
-        stack.callback(wal.close)
-        if core.wal_start != wal_start:
-            raise CorruptStorage(
-                f"acceptor {node}: {data_dir} holds a WAL starting at {format_lsn(core.wal_start)},"
-                f" not at the configured {format_lsn(wal_start)}"
-            )
-        horizons = LocalHorizons.load(data_dir)
-        remote_wal = None if remote is None else RemoteWal(remote, check_key(remote_prefix), segment_size)
-        await trio.to_thread.run_sync(check_wal_available, node, core.wal_start, wal.start_lsn, remote_wal)
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        data = Path(data_dir)
+        (data / TIMELINES_DIR).mkdir(parents=True, exist_ok=True)
         server = AcceptorServer(
-            core, wal, control, listeners[0].socket.getsockname()[1],
-            horizons=horizons, remote_wal=remote_wal, offload=offload,
+            node, data, 0, None if trace_dir is None else Path(trace_dir),
+            segment_size=segment_size, remote=remote, remote_prefix=remote_prefix, offload=offload, stack=stack,
         )
+        failure: Exception | None = None  # raised as itself, not in the nursery's group
         async with trio.open_nursery() as nursery:
             server._nursery = nursery
-            nursery.start_soon(server._drive)
-            nursery.start_soon(server._storage)
-            await server._run(startup)  # an interrupted truncation is finished before anyone talks
-            if core.busy:
-                await server._settled.wait()
-            await nursery.start(trio.serve_listeners, server._serve_connection, listeners)
-            log.info("acceptor %s listening on %s:%d (term %d, flush %s)", node, host, server.port,
-                     core.term, format_lsn(core.flush_lsn))
-            if server.offloader is not None:
-                await nursery.start(server.offloader.run)
-            task_status.started(server)
+            try:
+                for timeline in server.held_timelines():  # every timeline reopened before anyone talks (rule 10)
+                    await server.open_timeline(timeline, None)
+                listeners = await trio.open_tcp_listeners(port, host=host)
+            except (CorruptStorage, ValueError, OSError) as exc:
+                failure = exc
+                nursery.cancel_scope.cancel()
+            else:
+                server.port = listeners[0].socket.getsockname()[1]
+                await nursery.start(trio.serve_listeners, server._serve_connection, listeners)
+                log.info("acceptor %s listening on %s:%d (timelines: %s)", node, host, server.port,
+                         ", ".join(server.timelines) or "none yet")
+                task_status.started(server)
+        if failure is not None:
+            raise failure

@@ -229,7 +229,7 @@ def run_chaos(directory: Path, options: ChaosOptions, say: Callable[[str], None]
     report.acked, report.lost, report.overlapping = verdict.acked, len(verdict.lost), len(verdict.overlapping)
     report.unknown, report.failed = verdict.unknown, verdict.failed
     report.lost_examples = [f"{key} ending at {lsn}, held by {holders or 'none'}" for key, lsn, holders in verdict.lost[:5]]
-    result = check_run([cluster.run_dir])
+    result = check_run([cluster.timeline_run_dir("main")])  # the load writes main
     report.trace_verdict = result.verdict
     report.trace_events = result.events
     if result.divergence is not None:

@@ -7,13 +7,16 @@ Everything about a cluster is in its directory, so every command (`paxwal cluste
 status`, `paxwal load`, the chaos runner) works from any shell given only `--dir`:
 
     DIR/cluster.json       the configuration: each acceptor's port, wal_start, segment size
-    DIR/<acceptor>/        the acceptor's data: control file and WAL segments
+    DIR/<acceptor>/        the acceptor's data: timelines/<timeline>/ with each timeline's
+                           control file and WAL segments (impl/acceptor_server.py rule 10)
     DIR/logs/<node>.log    the stderr of each process (appended across restarts)
     DIR/pids/<node>.pid    the pid of a running process, written by whoever started it
     DIR/remote/            the object store (LocalFs) the acceptors offload WAL to, unless
                            cluster.json names another (`cluster up --remote`)
-    DIR/run/               the run directory: each node's trace (<node>.ndjson), run.json
-                           naming the cluster, and history.jsonl, the clients' history
+    DIR/run/<timeline>/    one run directory per timeline (each its own consensus, checked
+                           as its own run): each node's trace of that timeline
+                           (<node>.ndjson), run.json naming the cluster and the timeline's
+                           wal_start, and history.jsonl, the clients' history of it
     DIR/pageserver/        the pageserver's data (impl/pageserver.py); its objects live in
                            the same object store under the prefix `pageserver_prefix`
 
@@ -57,14 +60,17 @@ import attrs
 
 from impl.storage import fsync_dir
 from impl.wal import DEFAULT_SEGMENT_SIZE
-from impl.wire import FrameDecoder, PageserverStatus, PageserverStatusRequest, ProtocolError, StatusRequest, StatusResponse, encode
+from impl.wire import (
+    FrameDecoder, PageserverStatus, PageserverStatusRequest, ProtocolError, StatusRequest, StatusResponse, check_timeline_id,
+    encode,
+)
 
 __all__ = ["Cluster", "ClusterConfig", "ClusterError", "NodeStatus", "DEFAULT_DIR", "PAGESERVER"]
 
 # Where commands look for the cluster without --dir (DESIGN §9).
 DEFAULT_DIR = Path(".paxwal")
 CONFIG_FILE = "cluster.json"
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2: acceptors keep one directory, trace and key prefix per timeline
 
 # How long `up` waits for a node to listen, and `down` for a node to exit after SIGTERM
 # before it is killed.
@@ -92,7 +98,8 @@ class ClusterConfig:
         segment_size: the WAL segment size of every acceptor.
         remote: the object store the acceptors offload WAL to: a directory (relative to the
             cluster's directory unless absolute) or s3://BUCKET[/PREFIX].
-        remote_prefix: the key prefix of the WAL's objects in it.
+        remote_prefix: the key prefix of the WALs' objects in it; timeline T's are under
+            ``<remote_prefix>/<T>`` (so main's keys are those of the one-timeline layout).
         pageserver_port: the pageserver's page service port on 127.0.0.1, or None for none.
         pageserver_prefix: the key prefix of the pageserver's objects in the same store.
     """
@@ -101,7 +108,7 @@ class ClusterConfig:
     wal_start: int = 0
     segment_size: int = DEFAULT_SEGMENT_SIZE
     remote: str = "remote"
-    remote_prefix: str = "timelines/main"
+    remote_prefix: str = "timelines"
     pageserver_port: int | None = None
     pageserver_prefix: str = "pageserver"
 
@@ -158,7 +165,19 @@ class Cluster:
     def __init__(self, directory: Path) -> None:
         self.dir = Path(directory)
         self.run_dir = self.dir / "run"
-        self.history_file = self.run_dir / "history.jsonl"
+
+    def timeline_run_dir(self, timeline: str = "main") -> Path:
+        """The run directory of `timeline`: its nodes' traces, run.json and history."""
+        return self.run_dir / check_timeline_id(timeline)
+
+    def history_path(self, timeline: str = "main") -> Path:
+        """The clients' history of `timeline` (impl/load.py)."""
+        return self.timeline_run_dir(timeline) / "history.jsonl"
+
+    @property
+    def history_file(self) -> Path:
+        """The clients' history of main."""
+        return self.history_path("main")
 
     # -- configuration ------------------------------------------------------------------
 
@@ -198,22 +217,36 @@ class Cluster:
     # -- run.json: the cluster the traces describe ---------------------------------------
 
     @contextlib.contextmanager
-    def _run_json_locked(self) -> Iterator[dict]:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "run.json.lock", "a") as lock:
+    def _run_json_locked(self, timeline: str) -> Iterator[dict]:
+        run_dir = self.timeline_run_dir(timeline)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "run.json.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            path = self.run_dir / "run.json"
+            path = run_dir / "run.json"
             run = json.loads(path.read_text()) if path.exists() else {}
             yield run
             _write_atomically(path, json.dumps(run, indent=1) + "\n")
 
-    def _write_run_json(self, config: ClusterConfig, proposers: Sequence[str]) -> None:
-        with self._run_json_locked() as run:
-            run["cluster"] = {"proposers": list(proposers), "acceptors": list(config.acceptors), "wal_start": config.wal_start}
+    def _write_run_json(self, config: ClusterConfig, proposers: Sequence[str], timeline: str = "main",
+                        wal_start: int | None = None) -> None:
+        with self._run_json_locked(timeline) as run:
+            start = config.wal_start if wal_start is None else wal_start
+            run["cluster"] = {"proposers": list(proposers), "acceptors": list(config.acceptors), "wal_start": start}
 
-    def add_proposer(self, name: str) -> None:
-        """Name proposer `name` in run.json, so the checker expects its trace."""
-        with self._run_json_locked() as run:
+    def add_proposer(self, name: str, timeline: str = "main", wal_start: int | None = None) -> None:
+        """Name proposer `name` in `timeline`'s run.json, so the checker expects its trace.
+
+        The first proposer of a timeline other than main writes its run.json, with the
+        timeline's `wal_start` (None: the cluster's); a `wal_start` other than the one there
+        is a ClusterError (the acceptors would refuse the proposer anyway).
+        """
+        config = self.load()
+        with self._run_json_locked(timeline) as run:
+            start = config.wal_start if wal_start is None else wal_start
+            if "cluster" not in run:
+                run["cluster"] = {"proposers": [], "acceptors": list(config.acceptors), "wal_start": start}
+            if run["cluster"]["wal_start"] != start:
+                raise ClusterError(f"timeline {timeline}'s WAL starts at {run['cluster']['wal_start']}, not at {start}")
             proposers = run["cluster"]["proposers"]
             if name not in proposers:
                 proposers.append(name)
@@ -230,8 +263,8 @@ class Cluster:
     def acceptor_command(self, node: str, config: ClusterConfig) -> list[str]:
         return [
             sys.executable, "-m", "impl.cli", "acceptor", "--node", node, "--dir", str(self.dir / node),
-            "--port", str(config.acceptors[node]), "--wal-start", str(config.wal_start),
-            "--segment-size", str(config.segment_size), "--trace", str(self.run_dir / f"{node}.ndjson"),
+            "--port", str(config.acceptors[node]),
+            "--segment-size", str(config.segment_size), "--trace-dir", str(self.run_dir),
             "--remote", self.remote_location(config), "--remote-prefix", config.remote_prefix,
         ]
 
@@ -361,8 +394,8 @@ class Cluster:
         config = self.load()
         return {node: self.stop(node) for node in reversed(self.nodes(config))}
 
-    def status(self) -> list[NodeStatus]:
-        """Each acceptor's process and state (rule 4)."""
+    def status(self, timeline: str = "main") -> list[NodeStatus]:
+        """Each acceptor's process and state of `timeline` (rule 4)."""
         config = self.load()
         result = []
         for node, port in config.acceptors.items():
@@ -370,7 +403,7 @@ class Cluster:
             state, error = None, "not running"
             if pid is not None:
                 try:
-                    state, error = query_status(port), None
+                    state, error = query_status(port, timeline=timeline), None
                 except (OSError, ProtocolError) as exc:
                     error = f"not answering: {exc}"
             result.append(NodeStatus(node, port, pid, state, error))
@@ -438,8 +471,9 @@ def _is_zombie(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
-def query_status(port: int, timeout: float = STATUS_TIMEOUT) -> StatusResponse:
-    """Ask the acceptor on 127.0.0.1:`port` for its state (a StatusRequest).
+def query_status(port: int, timeout: float = STATUS_TIMEOUT, timeline: str = "main") -> StatusResponse:
+    """Ask the acceptor on 127.0.0.1:`port` for its state of `timeline` (a StatusRequest);
+    a timeline it does not hold answers an empty status (impl/acceptor_server.py rule 7).
 
     Raises:
         OSError: no connection, or no answer within `timeout`.
@@ -447,7 +481,7 @@ def query_status(port: int, timeout: float = STATUS_TIMEOUT) -> StatusResponse:
     """
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.settimeout(timeout)
-        sock.sendall(encode(StatusRequest()))
+        sock.sendall(encode(StatusRequest(timeline=timeline)))
         decoder = FrameDecoder()
         while True:
             data = sock.recv(65536)

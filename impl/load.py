@@ -5,7 +5,7 @@ Theory of operation
 
 `run_load` runs one proposer (a compute, without the SQL) against a cluster's acceptors and
 `clients` tasks that append records through it, one outstanding append per client, and
-writes every client operation to the cluster's history file (DIR/run/history.jsonl), one
+writes every client operation to its timeline's history file (DIR/run/<timeline>/history.jsonl), one
 JSON line each, as Jepsen histories do:
 
     {"op": "invoke", "key": "p1/3f2a/0/17", "size": 1024, "t": ...}
@@ -26,6 +26,7 @@ something that was not acknowledged.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -38,6 +39,7 @@ import attrs
 import trio
 
 from impl.cluster import Cluster
+from impl.acceptor_server import TIMELINES_DIR
 from impl.proposer_client import AppendFailed, NotLeader, ProposerConfig, serve_proposer
 from impl.storage import CorruptStorage
 from impl.wal import FileWal
@@ -100,25 +102,31 @@ async def run_load(
     name: str = "p1",
     config: ProposerConfig = ProposerConfig(),
     progress: Callable[[LoadSummary, float], None] | None = None,
+    *,
+    timeline: str = "main",
+    wal_start: int | None = None,
 ) -> LoadSummary:
     """Append records of `size` bytes from `clients` clients for `seconds` (math.inf: until
-    cancelled) through proposer `name`; record the history (module docstring).
+    cancelled) through proposer `name` of `timeline`, whose WAL starts at `wal_start` (None:
+    the cluster's); record the history in `cluster.history_path(timeline)` (module docstring).
 
     `progress(summary, elapsed)` is called about once a second.
     """
     if size < MIN_RECORD_SIZE:
         raise ValueError(f"record size must be at least {MIN_RECORD_SIZE} bytes, got {size}")
     cfg = cluster.load()
-    cluster.add_proposer(name)
+    start = cfg.wal_start if wal_start is None else wal_start
+    cluster.add_proposer(name, timeline, start)
     summary = LoadSummary(name, secrets.token_hex(4))
     addresses = {node: ("127.0.0.1", port) for node, port in cfg.acceptors.items()}
     started = time.monotonic()
-    with open(cluster.history_file, "a", buffering=1) as file:
+    with open(cluster.history_path(timeline), "a", buffering=1) as file:
         history = _History(file)
         async with trio.open_nursery() as nursery:
-            proposer = await nursery.start(
-                serve_proposer, name, addresses, config, cfg.wal_start, cluster.run_dir / f"{name}.ndjson"
-            )
+            proposer = await nursery.start(functools.partial(
+                serve_proposer, name, addresses, config, start, cluster.timeline_run_dir(timeline) / f"{name}.ndjson",
+                timeline=timeline,
+            ))
             with trio.move_on_after(seconds):
                 async with trio.open_nursery() as clients_nursery:
                     for client in range(clients):
@@ -202,14 +210,16 @@ def read_history(path: Path) -> Iterator[dict[str, Any]]:
                     raise CorruptStorage(f"{path}:{number}: not a history line: {line[:80]!r}") from None
 
 
-def verify_history(cluster: Cluster) -> Verdict:
-    """Check every acknowledged record against the acceptors' WAL (their processes stopped).
+def verify_history(cluster: Cluster, timeline: str = "main") -> Verdict:
+    """Check every acknowledged record of `timeline` against the acceptors' WAL of it (their
+    processes stopped).
 
     Each acknowledged record must be present, unchanged, at its LSN on a majority of the
     acceptors, and no two acknowledged records may share an LSN.
     """
     cfg = cluster.load()
-    operations = list(read_history(cluster.history_file)) if cluster.history_file.exists() else []
+    path = cluster.history_path(timeline)
+    operations = list(read_history(path)) if path.exists() else []
     acks = {op["key"]: op for op in operations if op["op"] == "ack"}
     outcomes = {op["key"] for op in operations if op["op"] in ("ack", "fail")}
     failed = sum(1 for op in operations if op["op"] == "fail" and op["definite"])
@@ -220,7 +230,7 @@ def verify_history(cluster: Cluster) -> Verdict:
     quorum = len(cfg.acceptors) // 2 + 1
     lost = []
     with contextlib.ExitStack() as stack:
-        wals = {node: stack.enter_context(_open_wal(cluster.dir / node, cfg.segment_size)) for node in cfg.acceptors}
+        wals = {node: stack.enter_context(_open_wal(cluster.dir / node / TIMELINES_DIR / timeline, cfg.segment_size)) for node in cfg.acceptors}
         for begin, end, key in ranges:
             expected = record_bytes(key, end - begin)
             holders = [node for node, wal in wals.items() if _holds(wal, begin, end, expected)]

@@ -39,6 +39,11 @@ Rules of this file:
    line-buffered ndjson line) inside the core call whose effects carry the stamped sends,
    and received frames hand their trace meta to the core, so the replay pairs sends and
    receives across processes.  A restarted proposer resumes its trace's clock and ids.
+7. A connection speaks for one timeline.  Its first frame, before anything the core sends, is
+   `OpenTimeline(node, timeline, wal_start)` (impl/acceptor_server.py rule 10): the acceptor
+   creates the timeline with that WAL start if it holds none, and refuses the connection if
+   its timeline starts elsewhere; the refusal is a closed connection, retried like any other.
+   The core does not know timelines: each timeline has its own proposers, cores and traces.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ from impl.effects import Committed, Effects, ResetConnections, Send, SetTimer
 from impl.proposer import NotLeader, ProposerConfig, ProposerCore
 from impl.trace import open_trace
 from impl.framing import Lost, Received, run_connection
-from impl.wire import Frame, ProtocolError, encode, format_lsn
+from impl.wire import Frame, OpenTimeline, ProtocolError, check_timeline_id, encode, format_lsn
 
 # NotLeader and ProposerConfig are re-exported: callers of `append` and `serve_proposer` need them.
 __all__ = ["AppendFailed", "NotLeader", "Proposer", "ProposerConfig", "serve_proposer"]
@@ -134,6 +139,7 @@ class Proposer:
     Attributes (read-only):
         core: the ProposerCore (read its state between awaits only).
         node: the proposer's id.
+        timeline: the timeline it writes (rule 7).
     """
 
     def __init__(
@@ -141,9 +147,12 @@ class Proposer:
         core: ProposerCore,
         addresses: dict[str, tuple[str, int]],
         rng: random.Random,
+        timeline: str = "main",
     ) -> None:
         self.core = core
         self.node = core.node
+        self.timeline = timeline
+        self._open = encode(OpenTimeline(proposer=core.node, timeline=timeline, wal_start=core.wal_start))
         self._addresses = addresses
         self._rng = rng
         self._inbox_send, self._inbox = trio.open_memory_channel[_Connected | Received | Lost | _Append](INBOX_EVENTS)
@@ -401,6 +410,7 @@ class Proposer:
 
     async def _serve_connection(self, acceptor: str, stream: trio.SocketStream, generation: int) -> None:
         outbox, outgoing = trio.open_memory_channel[bytes](OUTBOX_FRAMES)
+        outbox.send_nowait(self._open)  # before anything the core sends (rule 7)
         conn = _Connection(acceptor, stream, outbox, generation)
         try:
             with conn.scope:
@@ -430,17 +440,22 @@ async def serve_proposer(
     wal_start: int = 0,
     trace_path: str | os.PathLike[str] | None = None,
     *,
+    timeline: str = "main",
     seed: int | None = None,
     task_status: trio.TaskStatus[Proposer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run proposer `node` against `acceptors` until cancelled.
+    """Run proposer `node` of timeline `timeline` against `acceptors` until cancelled.
 
     Args:
         node: the proposer's id.
         acceptors: acceptor id -> (host, port) of its server.
         config: the core's tuning.
-        wal_start: where the WAL starts (the cluster's configuration).
-        trace_path: append the node's trace here (ndjson), or None for no trace.
+        wal_start: where the timeline's WAL starts (0, or a branch's branch LSN); an
+            acceptor whose timeline starts elsewhere refuses every connection (rule 7).
+        trace_path: append the node's trace here (ndjson), or None for no trace; by
+            convention ``<run>/<timeline>/<node>.ndjson``, beside the acceptors' traces of
+            the same timeline.
+        timeline: the timeline it writes (rule 7); acceptors create it if they hold none.
         seed: seeds the jitter of timers and backoffs (None: from the OS).
         task_status: `started(proposer)` once it runs (use with `nursery.start`); it then
             greets every acceptor and campaigns, see `Proposer.wait_leader`.
@@ -454,17 +469,18 @@ async def serve_proposer(
         retried (see the module docstring).  An exception from the core other than a peer's
         ProtocolError is a bug and propagates.
     """
+    check_timeline_id(timeline)
     with contextlib.ExitStack() as stack:
         tracer = None if trace_path is None else open_trace(node, wal_start, Path(trace_path), stack)
         core = ProposerCore(node, tuple(acceptors), wal_start, config, tracer)
-        proposer = Proposer(core, dict(acceptors), random.Random(seed))
+        proposer = Proposer(core, dict(acceptors), random.Random(seed), timeline)
         try:
             async with trio.open_nursery() as nursery:
                 proposer._apply(core.start())
                 nursery.start_soon(proposer._drive)
                 for acceptor in core.acceptors:
                     nursery.start_soon(proposer._connect_loop, acceptor)
-                log.info("proposer %s started with acceptors %s", node, ", ".join(core.acceptors))
+                log.info("proposer %s of timeline %s started with acceptors %s", node, timeline, ", ".join(core.acceptors))
                 task_status.started(proposer)
         finally:
             proposer._stop()

@@ -83,8 +83,9 @@ class ReceiverConfig:
     feedback_interval: float = 0.5
 
 
-async def fetch_status(port: int, timeout: float = 2.0, host: str = "127.0.0.1") -> StatusResponse:
-    """Ask the acceptor on host:port for its state (trio's twin of impl.cluster.query_status).
+async def fetch_status(port: int, timeout: float = 2.0, host: str = "127.0.0.1", timeline: str = "main") -> StatusResponse:
+    """Ask the acceptor on host:port for its state of `timeline` (trio's twin of
+    impl.cluster.query_status; a timeline it does not hold answers an empty status).
 
     Raises:
         OSError, trio.BrokenResourceError: no connection; trio.TooSlowError: no answer in time;
@@ -93,7 +94,7 @@ async def fetch_status(port: int, timeout: float = 2.0, host: str = "127.0.0.1")
     with trio.fail_after(timeout):
         stream = await trio.open_tcp_stream(host, port)
         async with stream:
-            await stream.send_all(encode(StatusRequest()))
+            await stream.send_all(encode(StatusRequest(timeline=timeline)))
             decoder = FrameDecoder()
             while data := await stream.receive_some(READ_SIZE):
                 decoder.feed(data)
@@ -196,7 +197,7 @@ class WalReceiver:
 
         async def one(name: str, port: int) -> None:
             try:
-                status = await fetch_status(port, self.config.status_timeout)
+                status = await fetch_status(port, self.config.status_timeout, timeline=self.config.timeline)
             except (OSError, trio.BrokenResourceError, trio.TooSlowError, ProtocolError):
                 return
             answers[name] = status.commit_lsn

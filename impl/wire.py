@@ -40,8 +40,9 @@ timeline names, and PageserverError's one-line `text`), byte strings (`wal`, `im
 arrays of node ids and, for a term history, an array of `[term, lsn]` arrays.  Nothing else
 appears: no floats, no tags, no indefinite lengths, no duplicate keys.
 
-Version rule: the version byte must equal `PROTOCOL_VERSION` exactly (4 since the pageserver
-streams WAL and serves pages; 3 since acceptors answer StatusRequest; 2 since frames carry trace metadata; version 1 had no third element).  There is no
+Version rule: the version byte must equal `PROTOCOL_VERSION` exactly (5 since acceptors keep
+one WAL and consensus per timeline: OpenTimeline, and StatusRequest/StatusResponse name their
+timeline; 4 since the pageserver streams WAL and serves pages; 3 since acceptors answer StatusRequest; 2 since frames carry trace metadata; version 1 had no third element).  There is no
 negotiation: a cluster runs one build, and since decoders reject unknown types and unknown
 fields, *any* change to a message (a new field, a new type, a new meaning) bumps the version.
 The byte is in every frame, not only the first, so a frame from a mismatched or confused peer
@@ -90,9 +91,16 @@ WalRead, WalData   not in the spec (IMPLEMENTATION_ONLY): a new leader fetches t
                    from the vote and reads the bytes afterwards.  Neither changes any spec
                    variable: the acceptor only reads, and the proposer's prop_wal already
                    is the donor's WAL in the abstraction (impl/trace.py)
+OpenTimeline       not in the spec (IMPLEMENTATION_ONLY): a proposer's first frame on every
+                   connection, binding it to one timeline's consensus (acceptor_server.py
+                   rule 10); the spec models one timeline, and each timeline's core, trace
+                   and run are the spec's alone.  The acceptor creates a timeline it does
+                   not hold with `wal_start` (a branch's WAL starts at its branch LSN) and
+                   refuses a `wal_start` other than the one it holds
 StatusRequest,     not in the spec (IMPLEMENTATION_ONLY): an operator's tool (`paxwal
-StatusResponse     cluster status`) asks an acceptor for its state; the shell answers from
-                   the core's fields without the core, so nothing changes and nothing traces
+StatusResponse     cluster status`) asks an acceptor for one timeline's state; the shell
+                   answers from the core's fields without the core, so nothing changes and
+                   nothing traces
 StreamWal,         not in the spec (IMPLEMENTATION_ONLY): the pageserver's WAL receiver
 WalChunk,          (impl/pageserver.py) asks an acceptor for its committed WAL from
 PageserverFeedback start_lsn (StreamWal); the acceptor answers with WalChunks of committed
@@ -123,6 +131,7 @@ impl/trace.py (to come), and nowhere else.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import NoReturn, TypeAlias
@@ -149,6 +158,7 @@ __all__ = [
     "MsgMeta",
     "VoteRequest",
     "StatusRequest",
+    "OpenTimeline",
     "StatusResponse",
     "StreamWal",
     "WalChunk",
@@ -178,7 +188,7 @@ __all__ = [
 ]
 
 # The version byte of every frame.  Bump it on any change to any message (see "Version rule").
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 # Upper bound on a frame's length prefix (the bytes after it).  It bounds the memory one
 # connection can make us buffer, and it must stay above the largest AppendRequest the proposer
@@ -346,6 +356,24 @@ def _check_text(instance: object, attribute: attrs.Attribute, value: object) -> 
 def _list_to_tuple(value: object) -> object:
     # A convenience for callers building a history; anything else goes to the validator as is.
     return tuple(value) if type(value) is list else value
+
+
+# Timeline ids name directories (`timelines/<id>/`, `<trace_dir>/<id>/`) and object-store
+# key prefixes: the pageserver's branch name rule (impl/timeline_meta.py `check_name`).
+_TIMELINE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+
+
+def _check_timeline_id(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if type(value) is not str or not _TIMELINE_ID.fullmatch(value):
+        _fail(instance, attribute.name, "timeline id must be 1 to 63 characters of A-Z a-z 0-9 _ -, starting with"
+                                        f" a letter or digit, got {_show(value)}")
+
+
+def check_timeline_id(timeline: object) -> str:
+    """`timeline` if it is a valid timeline id, else ValueError (for callers outside messages)."""
+    if type(timeline) is not str or not _TIMELINE_ID.fullmatch(timeline):
+        raise ValueError(f"not a timeline id (1 to 63 of A-Z a-z 0-9 _ -, starting with a letter or digit): {timeline!r}")
+    return timeline
 
 
 def _node_field() -> object:
@@ -555,8 +583,21 @@ class WalData:
 
 
 @attrs.frozen(kw_only=True)
+class OpenTimeline:
+    """A proposer's first frame on a connection: every later frame on it is for `timeline`,
+    whose WAL starts at `wal_start`.  Not in the spec (see IMPLEMENTATION_ONLY)."""
+
+    proposer: str = _node_field()
+    timeline: str = attrs.field(validator=_check_timeline_id)
+    wal_start: int = _u64_field()
+
+
+@attrs.frozen(kw_only=True)
 class StatusRequest:
-    """An operator asks an acceptor for its state.  Not in the spec (see IMPLEMENTATION_ONLY)."""
+    """An operator asks an acceptor for timeline `timeline`'s state.  Not in the spec (see
+    IMPLEMENTATION_ONLY)."""
+
+    timeline: str = attrs.field(validator=_check_timeline_id)
 
 
 @attrs.frozen(kw_only=True)
@@ -565,10 +606,13 @@ class StatusResponse:
 
     `leader` is the proposer the acceptor last followed (its ProposerElected or AppendRequest
     in the term of the acceptor's last history entry), in term `leader_term` (empty and 0
-    since the acceptor started, until then); `proposers` those connected now.
+    since the acceptor started, until then); `proposers` those connected now.  An acceptor
+    that does not hold `timeline` answers an empty status: term 0, every LSN 0, no leader, no
+    proposers (it promised nothing for it, as a fresh timeline has not).
     """
 
     acceptor: str = _node_field()
+    timeline: str = attrs.field(validator=_check_timeline_id)
     term: int = _u64_field()
     flush_lsn: int = _u64_field()
     commit_lsn: int = _u64_field()
@@ -736,6 +780,7 @@ Message: TypeAlias = (
     | AppendResponse
     | WalRead
     | WalData
+    | OpenTimeline
     | StatusRequest
     | StatusResponse
     | StreamWal
@@ -770,6 +815,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
             AppendResponse,
             WalRead,
             WalData,
+            OpenTimeline,
             StatusRequest,
             StatusResponse,
             StreamWal,
@@ -794,7 +840,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
 
 # The messages the spec does not model; every other type is a spec message `type`.
 IMPLEMENTATION_ONLY: frozenset[str] = frozenset(
-    {"WalRead", "WalData", "StatusRequest", "StatusResponse", *("StreamWal", "WalChunk", "PageserverFeedback", "GetPage", "PageImageData", "DbSize", "DbSizeData", "BranchCreate", "BranchCreated", "BranchList", "BranchListData", "Gc", "GcDone", "PageserverStatusRequest", "PageserverStatus", "PageserverError")}
+    {"WalRead", "WalData", "OpenTimeline", "StatusRequest", "StatusResponse", *("StreamWal", "WalChunk", "PageserverFeedback", "GetPage", "PageImageData", "DbSize", "DbSizeData", "BranchCreate", "BranchCreated", "BranchList", "BranchListData", "Gc", "GcDone", "PageserverStatusRequest", "PageserverStatus", "PageserverError")}
 )
 
 # The messages of the pageserver (WAL streaming and page service), all IMPLEMENTATION_ONLY.
@@ -911,7 +957,8 @@ _DESCRIBERS: Mapping[type, Callable[[object], str]] = MappingProxyType(
             f"{m.acceptor}->* WalData term={m.term}"
             f" lsn={format_lsn(m.begin_lsn)}..{format_lsn(m.end_lsn)} ({len(m.wal)} B)"
         ),
-        StatusRequest: lambda m: "*->* StatusRequest",
+        OpenTimeline: lambda m: f"{m.proposer}->* OpenTimeline timeline={m.timeline} wal_start={format_lsn(m.wal_start)}",
+        StatusRequest: lambda m: f"*->* StatusRequest timeline={m.timeline}",
         StreamWal: lambda m: f"{m.pageserver}->* StreamWal timeline={m.timeline} start={format_lsn(m.start_lsn)}",
         WalChunk: lambda m: (
             f"{m.acceptor}->* WalChunk lsn={format_lsn(m.begin_lsn)}..{format_lsn(m.end_lsn)}"
@@ -939,7 +986,7 @@ _DESCRIBERS: Mapping[type, Callable[[object], str]] = MappingProxyType(
         ),
         PageserverError: lambda m: f"*->* PageserverError {m.code}: {m.text}",
         StatusResponse: lambda m: (
-            f"{m.acceptor}->* StatusResponse term={m.term} flush={format_lsn(m.flush_lsn)}"
+            f"{m.acceptor}->* StatusResponse timeline={m.timeline} term={m.term} flush={format_lsn(m.flush_lsn)}"
             f" commit={format_lsn(m.commit_lsn)} leader={m.leader or '-'}@{m.leader_term}"
         ),
     }

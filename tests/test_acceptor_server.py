@@ -26,6 +26,8 @@ from impl.control import FileControlStorage
 from impl.storage import CorruptStorage
 from impl.wal import FileWal
 from impl.wire import (
+    StatusRequest,
+    StatusResponse,
     AppendRequest,
     AppendResponse,
     Greeting,
@@ -43,14 +45,14 @@ DEADLINE = 20
 
 
 def run_with_server(
-    directory: Path, body: Callable[[AcceptorServer], Awaitable[None]], trace: Path | None = None
+    directory: Path, body: Callable[[AcceptorServer], Awaitable[None]], trace_dir: Path | None = None
 ) -> None:
-    """Start acceptor a1 on `directory`, run `body(server)`, then stop the server."""
+    """Start acceptor a1 on `directory` (traces in `trace_dir`), run `body(server)`, then stop the server."""
 
     async def main() -> None:
         with trio.fail_after(DEADLINE):
             async with trio.open_nursery() as nursery:
-                server = await nursery.start(serve_acceptor, "a1", directory, "127.0.0.1", 0, 0, trace)
+                server = await nursery.start(serve_acceptor, "a1", directory, "127.0.0.1", 0, trace_dir)
                 await body(server)
                 nursery.cancel_scope.cancel()
 
@@ -92,7 +94,8 @@ async def elect(client: WireClient, term: int = 1) -> None:
 
 def test_election_append_and_acks_survive_a_restart(tmp_path):
     data = tmp_path / "a1"
-    trace = tmp_path / "a1.ndjson"
+    trace_dir = tmp_path / "run"
+    trace = trace_dir / "main" / "a1.ndjson"
     clients: list[WireClient] = []
 
     async def first(server: AcceptorServer) -> None:
@@ -107,17 +110,17 @@ def test_election_append_and_acks_survive_a_restart(tmp_path):
         await client.aclose()
 
     async def second(server: AcceptorServer) -> None:
-        assert (server.core.term, server.core.flush_lsn) == (1, 11)
-        assert server.core.history == history((0, 0), (1, 0))
+        assert (server.timelines["main"].core.term, server.timelines["main"].core.flush_lsn) == (1, 11)
+        assert server.timelines["main"].core.history == history((0, 0), (1, 0))
         client = await WireClient.connect(server.port, "p2")
         clients.append(client)
         await client.send(Greeting(proposer="p2"))
         assert await client.receive_message() == GreetingResponse(acceptor="a1", proposer="p2", term=1)
         await client.aclose()
 
-    run_with_server(data, first, trace)
-    run_with_server(data, second, trace)
-    with FileWal.open(data) as wal:
+    run_with_server(data, first, trace_dir)
+    run_with_server(data, second, trace_dir)
+    with FileWal.open(data / "timelines" / "main") as wal:
         assert wal.read(0, 11) == b"hello world"
 
     # The trace: the replay's reader takes it, every receive names a message the client
@@ -143,10 +146,16 @@ def test_election_append_and_acks_survive_a_restart(tmp_path):
 def test_a_fresh_acceptor_restarts_before_any_vote(tmp_path):
     data = tmp_path / "a1"
 
-    async def idle(server: AcceptorServer) -> None:
-        assert (server.core.term, server.core.flush_lsn) == (0, 0)
+    async def create(server: AcceptorServer) -> None:
+        assert server.timelines == {}  # a timeline exists once a proposer opens it
+        main = await server.open_timeline("main", 0)
+        assert (main.core.term, main.core.flush_lsn) == (0, 0)
 
-    run_with_server(data, idle)
+    async def idle(server: AcceptorServer) -> None:
+        main = server.timelines["main"]
+        assert (main.core.term, main.core.flush_lsn) == (0, 0)
+
+    run_with_server(data, create)
     run_with_server(data, idle)
 
 
@@ -159,9 +168,42 @@ def test_corrupt_storage_refuses_to_start(tmp_path):
         assert (await client.receive_message()).term == 1
 
     run_with_server(data, vote)
-    FileControlStorage(data).path.write_bytes(b"garbage")
-    with pytest.RaisesGroup(pytest.RaisesExc(CorruptStorage, match=r"control file .*a1/control: truncated")):
+    FileControlStorage(data / "timelines" / "main").path.write_bytes(b"garbage")
+    with pytest.RaisesGroup(pytest.RaisesExc(CorruptStorage, match=r"control file .*a1/timelines/main/control: truncated")):
         run_with_server(data, never_started)
+
+
+# ---------------------------------------------------------------------------------------
+# Timelines (rule 10)
+# ---------------------------------------------------------------------------------------
+
+
+def test_a_connection_is_bound_to_a_timeline_first_and_status_names_one(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="paxwal.acceptor")
+
+    async def body(server: AcceptorServer) -> None:
+        # A proposer message before OpenTimeline is refused; the acceptor holds nothing yet.
+        unbound = await WireClient.connect(server.port, "p1", timeline=None)
+        await unbound.send(Greeting(proposer="p1"))
+        await unbound.wait_closed()
+        # Two timelines, each its own consensus: a vote in one is no vote in the other.
+        main = await WireClient.connect(server.port, "p1")
+        await main.send(VoteRequest(proposer="p1", term=1))
+        assert (await main.receive_message()).term == 1
+        branch = await WireClient.connect(server.port, "b1", timeline="br", wal_start=0)
+        await branch.send(Greeting(proposer="b1"))
+        assert await branch.receive_message() == GreetingResponse(acceptor="a1", proposer="b1", term=0)
+        asker = await WireClient.connect(server.port, timeline=None)
+        for timeline, term in (("main", 1), ("br", 0), ("none", 0)):
+            await asker.send(StatusRequest(timeline=timeline))
+            status = await asker.receive_message()
+            assert isinstance(status, StatusResponse) and (status.timeline, status.term) == (timeline, term)
+        assert sorted(server.timelines) == ["br", "main"]
+
+    run_with_server(tmp_path / "a1", body, tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "a1" / "timelines").iterdir()) == ["br", "main"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["br", "main"]
+    assert any("Greeting before OpenTimeline" in r.getMessage() for r in caplog.records)
 
 
 # ---------------------------------------------------------------------------------------
@@ -254,7 +296,7 @@ def test_appends_in_flight_share_fsyncs(tmp_path):
         flush = 0
         while flush < 10 * appends:
             flush = (await client.receive_message()).flush_lsn
-        stats = server.stats
+        stats = server.timelines["main"].stats
         assert stats.writes == appends
         assert sum(n * count for n, count in stats.writes_per_fsync.items()) == appends
         assert stats.fsyncs < appends
@@ -270,7 +312,7 @@ def test_each_fsync_is_counted_with_the_writes_it_covered(tmp_path):
         flush = 0
         while flush < 50:
             flush = (await client.receive_message()).flush_lsn
-        stats = server.stats
+        stats = server.timelines["main"].stats
         assert stats.writes == 5
         assert sum(n * count for n, count in stats.writes_per_fsync.items()) == 5
         assert stats.fsyncs == sum(stats.writes_per_fsync.values())
@@ -294,7 +336,7 @@ def paxwal(*args: str) -> subprocess.Popen[str]:
 
 def test_cli_serves_until_sigterm_and_exits_0(tmp_path):
     proc = paxwal("acceptor", "--node", "a1", "--dir", str(tmp_path / "a1"), "--port", "0",
-                  "--trace", str(tmp_path / "a1.ndjson"))
+                  "--trace-dir", str(tmp_path / "run"))
     try:
         for line in proc.stderr:  # the log says where it listens once it does
             if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
@@ -314,18 +356,18 @@ def test_cli_serves_until_sigterm_and_exits_0(tmp_path):
         proc.kill()
     assert proc.returncode == 0
     assert "stopping on SIGTERM" in rest
-    events, _ = load_events([tmp_path / "a1.ndjson"])
+    events, _ = load_events([tmp_path / "run" / "main" / "a1.ndjson"])
     assert [e.data["action"] for e in events] == ["Vote"]
 
 
 def test_cli_refuses_corrupt_storage_with_exit_2(tmp_path):
     data = tmp_path / "a1"
-    data.mkdir()
-    FileControlStorage(data).path.write_bytes(b"garbage")
+    (data / "timelines" / "main").mkdir(parents=True)
+    FileControlStorage(data / "timelines" / "main").path.write_bytes(b"garbage")
     proc = paxwal("acceptor", "--node", "a1", "--dir", str(data), "--port", "0")
     _, err = proc.communicate(timeout=DEADLINE)
     assert proc.returncode == 2
-    assert err.splitlines() == [f"paxwal: error: control file {data}/control: truncated: 7 bytes, the header alone needs 10"]
+    assert err.splitlines() == [f"paxwal: error: control file {data}/timelines/main/control: truncated: 7 bytes, the header alone needs 10"]
 
 
 def test_cli_refuses_a_busy_port_with_exit_2(tmp_path):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from conformance.corpus import find_runs
 from conformance.replay import check_run
 from impl.cluster import Cluster, ClusterConfig, ClusterError, query_status
 from impl.load import record_bytes, verify_history
@@ -43,13 +44,15 @@ def cluster_dir(tmp_path: Path):
     cluster = Cluster(directory)
     for pid_file in (directory / "pids").glob("*.pid"):  # whatever state the test left
         cluster.stop(pid_file.stem)
-    if list(cluster.run_dir.glob("*.ndjson")):  # every run's traces are checked (DESIGN §5)
+    if list(cluster.run_dir.rglob("*.ndjson")):  # every run's traces are checked (DESIGN §5)
         assert_traces_accepted(directory)
 
 
 def assert_traces_accepted(directory: Path) -> None:
-    result = check_run([directory / "run"])
-    assert result.verdict == "accepted", result.divergence.report() if result.divergence else result
+    """Each timeline's run directory (DIR/run/<timeline>) passes the replay on its own."""
+    for run in find_runs([directory / "run"]):
+        result = check_run([run])
+        assert result.verdict == "accepted", result.divergence.report() if result.divergence else result
 
 
 def test_up_status_load_down_and_up_again(cluster_dir: Path) -> None:
@@ -97,6 +100,27 @@ def test_up_status_load_down_and_up_again(cluster_dir: Path) -> None:
     assert len(offloaded) >= (512 * acked) // 65536 - 1 > 0
 
 
+def test_load_on_a_second_timeline_is_its_own_run(cluster_dir: Path) -> None:
+    cluster = Cluster(cluster_dir)
+    cluster.up(3, segment_size=65536)
+    for timeline, start in (("main", "0"), ("br", "131072")):
+        load = paxwal("load", "--dir", str(cluster_dir), "--seconds", "1", "--clients", "2", "--size", "256",
+                      "--timeline", timeline, "--wal-start", start, "--name", f"p-{timeline}")
+        assert load.returncode == 0, load.stderr
+    states = {t: query_status(cluster.load().acceptors["a1"], timeline=t) for t in ("main", "br", "none")}
+    assert (states["main"].wal_start, states["br"].wal_start) == (0, 131072)
+    assert states["none"].term == 0 and states["none"].flush_lsn == 0  # not held: an empty status
+    cluster.down()
+    for timeline in ("main", "br"):
+        verdict = verify_history(cluster, timeline)
+        assert verdict.ok and verdict.acked > 0
+    assert min(op["lsn"] - op["size"] for op in _acks(cluster, "br")) == 131072
+    assert json.loads((cluster.timeline_run_dir("br") / "run.json").read_text())["cluster"] == {
+        "proposers": ["p-br"], "acceptors": ["a1", "a2", "a3"], "wal_start": 131072}
+    # The checker takes DIR/run as two runs (the fixture replays each).
+    assert [run.name for run in find_runs([cluster.run_dir])] == ["br", "main"]
+
+
 def test_commands_without_a_cluster_fail_with_one_line(tmp_path: Path) -> None:
     for command in (["cluster", "status"], ["cluster", "down"], ["load", "--seconds", "1"]):
         result = paxwal(*command, "--dir", str(tmp_path / "none"))
@@ -116,8 +140,8 @@ def test_up_refuses_another_shape_and_a_broken_config(cluster_dir: Path) -> None
 def test_a_node_that_cannot_start_is_reported_and_nothing_is_left_running(cluster_dir: Path) -> None:
     cluster = Cluster(cluster_dir)
     config = cluster.create(3)
-    (cluster_dir / "a2").mkdir()
-    (cluster_dir / "a2" / "control").write_bytes(b"garbage, not a control file")
+    (cluster_dir / "a2" / "timelines" / "main").mkdir(parents=True)
+    (cluster_dir / "a2" / "timelines" / "main" / "control").write_bytes(b"garbage, not a control file")
     result = paxwal("cluster", "up", "--dir", str(cluster_dir))
     assert result.returncode == 2
     assert "a2 exited with status 2 while starting" in result.stderr and "control" in result.stderr
@@ -159,8 +183,8 @@ def _loaded_cluster(directory: Path, seconds: str = "2") -> tuple[Cluster, Clust
     return cluster, config
 
 
-def _acks(cluster: Cluster) -> list[dict]:
-    return [json.loads(line) for line in cluster.history_file.read_text().splitlines() if '"ack"' in line]
+def _acks(cluster: Cluster, timeline: str = "main") -> list[dict]:
+    return [json.loads(line) for line in cluster.history_path(timeline).read_text().splitlines() if '"ack"' in line]
 
 
 def test_verify_history_finds_a_record_changed_on_a_majority(cluster_dir: Path) -> None:
@@ -169,7 +193,7 @@ def test_verify_history_finds_a_record_changed_on_a_majority(cluster_dir: Path) 
     victim = _acks(cluster)[3]
     begin = victim["lsn"] - victim["size"]
     for node in ("a1", "a2"):  # one copy changed still leaves a majority; two do not
-        segment = _segment_holding(cluster_dir / node, begin, config.segment_size)
+        segment = _segment_holding(cluster_dir / node / "timelines" / "main", begin, config.segment_size)
         with open(segment, "r+b") as file:
             file.seek(begin % config.segment_size)
             file.write(b"X")

@@ -25,7 +25,7 @@ import pytest
 import trio
 
 from impl.acceptor import open_acceptor
-from impl.acceptor_server import AcceptorServer, serve_acceptor
+from impl.acceptor_server import AcceptorServer, AcceptorTimeline, serve_acceptor
 from impl.control import ControlState
 from impl.offload import (
     HORIZONS_NAME,
@@ -494,14 +494,16 @@ def test_store_errors_are_logged_and_retried(tmp_path: Path, caplog: pytest.LogC
 
 
 def acceptor_dir_with_removed_wal(directory: Path, store: RemoteStorage, prefix: str) -> bytes:
-    """An acceptor directory of term 1 with 4 segments of committed WAL, the first 3
-    offloaded to `store` and removed from disk.  Returns the WAL."""
+    """An acceptor directory whose timeline main is of term 1 with 4 segments of committed
+    WAL, the first 3 offloaded to `store` (under `prefix`/main) and removed from disk.
+    Returns the WAL."""
+    directory = directory / "timelines" / "main"
     directory.mkdir(parents=True)
     core, _, wal, control = open_acceptor(directory, "a1", 0, None, SEG)
     data = wal_bytes(4 * SEG + 10)
     wal.write(0, data)
     wal.flush()
-    remote_wal = RemoteWal(store, prefix, SEG)
+    remote_wal = RemoteWal(store, f"{prefix}/main", SEG)
     for start in range(0, 3 * SEG, SEG):
         remote_wal.upload(start, wal.read_segment(start))
     wal.remove_below(3 * SEG)
@@ -520,9 +522,10 @@ def test_an_acceptor_restarts_after_removal_and_serves_the_removed_range(tmp_pat
                 serve_acceptor, "a1", tmp_path / "a1", segment_size=SEG, remote=store, remote_prefix="wal",
             ))
             assert isinstance(server, AcceptorServer)
-            assert (server.core.wal_start, server.local_start_lsn, server.core.flush_lsn) == (0, 3 * SEG, len(data))
-            assert server._remote_wal is not None
-            assert await trio.to_thread.run_sync(server._remote_wal.read, 0, 3 * SEG) == data[: 3 * SEG]
+            main = server.timelines["main"]
+            assert (main.core.wal_start, main.local_start_lsn, main.core.flush_lsn) == (0, 3 * SEG, len(data))
+            assert main._remote_wal is not None
+            assert await trio.to_thread.run_sync(main._remote_wal.read, 0, 3 * SEG) == data[: 3 * SEG]
             nursery.cancel_scope.cancel()
 
     run(body)
@@ -548,10 +551,10 @@ def test_an_acceptor_refuses_to_start_without_wal_it_removed(tmp_path: Path, sto
         return str(refused[0])
 
     assert "WAL [0/0, 0/3000) is not on disk (removed after offload) and no object storage" in refusal()
-    assert "object storage lacks 3 of its segments (other/wal/0000000000000000, " in refusal(
+    assert "object storage lacks 3 of its segments (other/main/wal/0000000000000000, " in refusal(
         remote=store, remote_prefix="other")
-    store.delete(RemoteWal(store, "wal", SEG).segment_key(SEG))
-    assert "lacks 1 of its segments (wal/wal/0000000000001000)" in refusal(remote=store, remote_prefix="wal")
+    store.delete(RemoteWal(store, "wal/main", SEG).segment_key(SEG))
+    assert "lacks 1 of its segments (wal/main/wal/0000000000001000)" in refusal(remote=store, remote_prefix="wal")
 
 
 def test_the_startup_check_lets_an_unreachable_store_pass(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -578,18 +581,21 @@ class OffloadCluster(Cluster):
         serve = functools.partial(
             serve_acceptor, segment_size=CLUSTER_SEGMENT, remote=self.store, remote_prefix="cluster", offload=FAST
         )
-        server = await self._start(
-            name, serve, name, self.tmp / name, "127.0.0.1", self.ports.get(name, 0), 0, self.run_dir / f"{name}.ndjson"
-        )
+        server = await self._start(name, serve, name, self.tmp / name, "127.0.0.1", self.ports.get(name, 0), self.run_dir)
         assert isinstance(server, AcceptorServer)
         self.ports[name] = server.port
         self.servers[name] = server
         return server
 
 
+def mains(cluster: OffloadCluster) -> list[AcceptorTimeline]:
+    """Every acceptor's timeline main."""
+    return [s.timelines["main"] for s in cluster.servers.values()]
+
+
 def test_a_cluster_offloads_removes_and_recovers_through_object_storage(tmp_path: Path, store: RemoteStorage) -> None:
     acked: dict[int, bytes] = {}
-    remote_wal = RemoteWal(store, "cluster", CLUSTER_SEGMENT)
+    remote_wal = RemoteWal(store, "cluster/main", CLUSTER_SEGMENT)
     clusters: list[OffloadCluster] = []
 
     async def body(cluster: OffloadCluster) -> None:
@@ -609,21 +615,21 @@ def test_a_cluster_offloads_removes_and_recovers_through_object_storage(tmp_path
 
         # Completed, committed segments appear in object storage, identical to every copy.
         await wait_until(lambda: all(s.offloader and s.offloader.offloaded_lsn == 5 * CLUSTER_SEGMENT
-                                     for s in cluster.servers.values()))
+                                     for s in mains(cluster)))
         for start in range(0, 5 * CLUSTER_SEGMENT, CLUSTER_SEGMENT):
             segment = await trio.to_thread.run_sync(remote_wal.segment, start)
             assert segment == wal[start : start + CLUSTER_SEGMENT]
-        assert sum(s.offloader.uploads for s in cluster.servers.values() if s.offloader) == 5
-        assert all(s.local_start_lsn == 0 for s in cluster.servers.values())  # no report yet
+        assert sum(s.offloader.uploads for s in mains(cluster) if s.offloader) == 5
+        assert all(s.local_start_lsn == 0 for s in mains(cluster))  # no report yet
 
         # The pageserver reports; everything below min(offloaded, it) goes.
-        for server in cluster.servers.values():
+        for server in mains(cluster):
             assert await server.set_remote_consistent_lsn(3 * CLUSTER_SEGMENT + 100) == 3 * CLUSTER_SEGMENT + 100
-        await wait_until(lambda: all(s.local_start_lsn == 3 * CLUSTER_SEGMENT for s in cluster.servers.values()))
+        await wait_until(lambda: all(s.local_start_lsn == 3 * CLUSTER_SEGMENT for s in mains(cluster)))
 
         # An acceptor restarts on what is left.
         await cluster.stop("a3")
-        a3 = await cluster.start_acceptor("a3")
+        a3 = (await cluster.start_acceptor("a3")).timelines["main"]
         assert (a3.local_start_lsn, a3.core.flush_lsn, a3.remote_consistent_lsn) == (
             3 * CLUSTER_SEGMENT, len(wal), 3 * CLUSTER_SEGMENT + 100)
 
@@ -633,11 +639,24 @@ def test_a_cluster_offloads_removes_and_recovers_through_object_storage(tmp_path
         p2 = await cluster.start_proposer("p2")
         await p2.wait_leader()
         assert p2.core.wal_bytes(0, len(wal)) == wal
-        assert sum(s.fallback_reads for s in cluster.servers.values()) >= 1
+        assert sum(s.fallback_reads for s in mains(cluster)) >= 1
         for i in range(10):
             data = record("p2", i)
             acked[await p2.append(data)] = data
         assert p2.core.commit_lsn == len(wal) + 10 * 1024
+
+        # A second timeline offloads under its own prefix: its WAL starts at its branch LSN.
+        b1 = await cluster.start_proposer("b1", timeline="br", wal_start=CLUSTER_SEGMENT)
+        await b1.wait_leader()
+        for i in range(80):  # [64 KiB, 144 KiB): one completed segment
+            await b1.append(record("b1", i))
+        await wait_until(lambda: all(s.timelines["br"].offloader.offloaded_lsn == 2 * CLUSTER_SEGMENT
+                                     for s in cluster.servers.values()))
+        br_wal = RemoteWal(store, "cluster/br", CLUSTER_SEGMENT)
+        assert await trio.to_thread.run_sync(br_wal.segment, CLUSTER_SEGMENT) == b1.core.wal_bytes(
+            CLUSTER_SEGMENT, 2 * CLUSTER_SEGMENT)
+        keys = await trio.to_thread.run_sync(store.list, "cluster/br/wal/")
+        assert [k.rsplit("/", 1)[1] for k in keys] == [segment_name(CLUSTER_SEGMENT, False)]
 
     async def main() -> None:
         with trio.fail_after(DEADLINE):
@@ -652,3 +671,4 @@ def test_a_cluster_offloads_removes_and_recovers_through_object_storage(tmp_path
 
     trio.run(main)
     clusters[0].check_traces()
+    clusters[0].check_traces("br", CLUSTER_SEGMENT)

@@ -26,6 +26,7 @@ import attrs
 import pytest
 import trio
 
+from conformance.corpus import find_runs
 from conformance.replay import check_run
 from impl.acceptor_server import STREAM_CHUNK, STREAM_FRAMES, AcceptorServer, serve_acceptor
 from impl.cluster import Cluster
@@ -135,8 +136,8 @@ def cluster_dir(tmp_path: Path):
     cluster = Cluster(directory)
     for pid_file in (directory / "pids").glob("*.pid"):
         cluster.stop(pid_file.stem)
-    if list(cluster.run_dir.glob("*.ndjson")):
-        assert_traces_accepted(cluster.run_dir)
+    for run in find_runs([cluster.run_dir]) if list(cluster.run_dir.rglob("*.ndjson")) else []:
+        assert_traces_accepted(run)  # each timeline's run on its own
 
 
 def test_getpage_branch_and_restore_from_object_storage(cluster_dir: Path) -> None:
@@ -153,7 +154,7 @@ def test_getpage_branch_and_restore_from_object_storage(cluster_dir: Path) -> No
             addresses = {a: ("127.0.0.1", p) for a, p in config.acceptors.items()}
             async with trio.open_nursery() as nursery:
                 proposer = await nursery.start(serve_proposer, "c1", addresses, ProposerConfig(),
-                                               config.wal_start, cluster.run_dir / "c1.ndjson")
+                                               config.wal_start, cluster.timeline_run_dir("main") / "c1.ndjson")
                 await proposer.wait_leader()
                 lsns, states = await write_three(Writer(proposer))
                 async with await PageClient.connect(config.pageserver_port) as client:
@@ -246,8 +247,8 @@ class Local:
         return await self.nursery.start(run)
 
     async def start_acceptor(self, name: str) -> AcceptorServer:
-        server = await self._start(name, serve_acceptor, name, self.tmp / name, "127.0.0.1", self.ports.get(name, 0), 0,
-                                   self.run_dir / f"{name}.ndjson", remote=self.store, remote_prefix="timelines/main",
+        server = await self._start(name, serve_acceptor, name, self.tmp / name, "127.0.0.1", self.ports.get(name, 0),
+                                   self.run_dir, remote=self.store, remote_prefix="timelines",
                                    **self.acceptor_options)
         self.ports[name] = server.port
         self.acceptors[name] = server
@@ -260,7 +261,8 @@ class Local:
 
     async def start_proposer(self) -> Proposer:
         addresses = {a: ("127.0.0.1", self.ports[a]) for a in ACCEPTORS}
-        return await self._start("c1", serve_proposer, "c1", addresses, trace_path=self.run_dir / "c1.ndjson")
+        (self.run_dir / "main").mkdir(exist_ok=True)
+        return await self._start("c1", serve_proposer, "c1", addresses, trace_path=self.run_dir / "main" / "c1.ndjson")
 
     async def start_pageserver(self, config: PageserverConfig) -> Pageserver:
         return await self._start("pageserver", serve_pageserver, self.tmp / "pageserver", dict(self.ports),
@@ -268,8 +270,8 @@ class Local:
 
     def check_traces(self) -> None:
         cluster = {"proposers": ["c1"], "acceptors": list(ACCEPTORS), "wal_start": 0}
-        (self.run_dir / "run.json").write_text(json.dumps({"cluster": cluster}) + "\n")
-        assert_traces_accepted(self.run_dir)
+        (self.run_dir / "main" / "run.json").write_text(json.dumps({"cluster": cluster}) + "\n")
+        assert_traces_accepted(self.run_dir / "main")
 
 
 FAST = PageserverConfig(
@@ -316,7 +318,7 @@ def test_errors_are_clean_replies_and_a_bad_frame_closes_only_its_connection(tmp
             assert (await client.request(GetPage(timeline="x", page=0, lsn=0))).code == "unknown-timeline"
             beyond = await client.request(GetPage(timeline="main", page=7, lsn=lsns[2]))
             assert isinstance(beyond, PageserverError) and beyond.code == "page-beyond-end"
-            refused = await client.request(StatusRequest())
+            refused = await client.request(StatusRequest(timeline="main"))
             assert isinstance(refused, PageserverError) and refused.code == "bad-request"
 
             # A malformed frame closes its own connection, and only it.
@@ -368,7 +370,7 @@ def test_acceptor_killed_under_streaming_is_switched_away_from(tmp_path: Path) -
             # upload) as their WAL removal horizon.
             await pageserver.freeze_and_flush(force=True)
             with trio.fail_after(10):
-                while not any(a.remote_consistent_lsn >= lsn for a in local.acceptors.values()):
+                while not any(a.timelines["main"].remote_consistent_lsn >= lsn for a in local.acceptors.values()):
                     await trio.sleep(0.1)
 
     local = run_local(tmp_path, body)
@@ -382,7 +384,7 @@ async def serve_silent_acceptor(commit_lsn: int, task_status: trio.TaskStatus[in
         raw = RawStream(stream)
         while (msg := await raw.receive()) is not None:
             if isinstance(msg, StatusRequest):
-                await raw.send(StatusResponse(acceptor="f1", term=1, flush_lsn=commit_lsn, commit_lsn=commit_lsn,
+                await raw.send(StatusResponse(acceptor="f1", timeline="main", term=1, flush_lsn=commit_lsn, commit_lsn=commit_lsn,
                                               wal_start=0, leader="", leader_term=0, proposers=()))
 
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -447,7 +449,7 @@ def test_acceptor_streams_committed_wal_with_keepalives_and_refuses_mixed_connec
         ends = [await proposer.append(r) for r in records]
         wal = b"".join(records)
         port = local.ports["a1"]
-        while local.acceptors["a1"].core.commit_lsn < ends[-1]:  # commit_lsn reaches it with a heartbeat
+        while local.acceptors["a1"].timelines["main"].core.commit_lsn < ends[-1]:  # commit_lsn reaches it with a heartbeat
             await trio.sleep(0.05)
 
         raw = RawStream(await trio.open_tcp_stream("127.0.0.1", port))
@@ -464,7 +466,7 @@ def test_acceptor_streams_committed_wal_with_keepalives_and_refuses_mixed_connec
         await raw.send(PageserverFeedback(timeline="main", last_record_lsn=ends[-1], disk_consistent_lsn=ends[-1],
                                           remote_consistent_lsn=ends[1]))
         with trio.fail_after(5):
-            while local.acceptors["a1"].remote_consistent_lsn != ends[1]:
+            while local.acceptors["a1"].timelines["main"].remote_consistent_lsn != ends[1]:
                 await trio.sleep(0.02)
         await raw.send(Greeting(proposer="c9"))  # a proposer message on the pageserver's connection
         while (msg := await raw.receive()) is not None:
@@ -475,7 +477,7 @@ def test_acceptor_streams_committed_wal_with_keepalives_and_refuses_mixed_connec
         await early.send(PageserverFeedback(timeline="main", last_record_lsn=0, disk_consistent_lsn=0,
                                             remote_consistent_lsn=10**9))
         assert await early.receive() is None
-        assert local.acceptors["a1"].remote_consistent_lsn == ends[1]
+        assert local.acceptors["a1"].timelines["main"].remote_consistent_lsn == ends[1]
         await early.stream.aclose()
 
     local = run_local(tmp_path, body)
@@ -490,7 +492,7 @@ def test_a_pageserver_that_stops_reading_costs_a_bounded_buffer(tmp_path: Path) 
         await slow.send(StreamWal(pageserver="ps", timeline="main", start_lsn=0))
         records = [bytes([i % 250 + 1]) * 100_000 for i in range(60)]  # 6 MB, more than TCP buffers hold
         ends = [await proposer.append(r) for r in records]
-        a1 = local.acceptors["a1"]
+        a1 = local.acceptors["a1"].timelines["main"]
         await trio.sleep(1)  # the streamer runs into the full socket and outbox
         (name, streamed, frames), = a1.wal_streams
         assert name == "ps" and streamed < ends[-1] and frames <= STREAM_FRAMES, a1.wal_streams
@@ -513,10 +515,10 @@ def test_wal_removed_locally_is_streamed_from_object_storage(tmp_path: Path) -> 
         await proposer.wait_leader()
         records = [bytes([i]) * 3000 for i in range(1, 11)]  # 30 kB: seven 4 KiB segments
         ends = [await proposer.append(r) for r in records]
-        a1 = local.acceptors["a1"]
+        a1 = local.acceptors["a1"].timelines["main"]
         with trio.fail_after(20):
             for server in local.acceptors.values():  # the pageserver's horizon allows removal
-                await server.set_remote_consistent_lsn(ends[-1])
+                await server.timelines["main"].set_remote_consistent_lsn(ends[-1])
             while a1.local_start_lsn < 3 * 4096:
                 await trio.sleep(0.05)
         raw = RawStream(await trio.open_tcp_stream("127.0.0.1", local.ports["a1"]))

@@ -9,6 +9,7 @@ must accept it.  Every test is bounded by `trio.fail_after` and stops its nodes 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import socket
@@ -22,7 +23,9 @@ import trio
 from conformance.replay import check_run
 from impl.acceptor_server import AcceptorServer, serve_acceptor
 from impl.proposer_client import AppendFailed, NotLeader, Proposer, ProposerConfig, serve_proposer
-from impl.wal import FileWal
+from impl.control import FileControlStorage
+from impl.wal import DEFAULT_SEGMENT_SIZE, FileWal
+from wire_client import WireClient
 
 # Generous: a test makes a few hundred fsyncs on each acceptor.
 DEADLINE = 60
@@ -49,7 +52,7 @@ async def wait_until(condition: Callable[[], bool]) -> None:
 class Cluster:
     """Nodes of one test, each in its own cancel scope so a test can stop and restart it.
 
-    Traces go to `run_dir/<node>.ndjson`; data to `tmp/<acceptor>`.
+    Traces go to `run_dir/<timeline>/<node>.ndjson`; data to `tmp/<acceptor>/timelines/<timeline>`.
     """
 
     def __init__(self, nursery: trio.Nursery, tmp: Path) -> None:
@@ -60,7 +63,7 @@ class Cluster:
         self.ports: dict[str, int] = {}
         self.servers: dict[str, AcceptorServer] = {}
         self._stops: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
-        self.proposers: list[str] = []
+        self.proposers: dict[str, set[str]] = {}  # timeline -> its proposers
 
     async def _run(self, serve: Callable[..., Awaitable[None]], scope: trio.CancelScope,
                    stopped: trio.Event, *args: object, task_status: trio.TaskStatus[object]) -> None:
@@ -78,8 +81,7 @@ class Cluster:
     async def start_acceptor(self, name: str) -> AcceptorServer:
         """Start (or restart) acceptor `name` on its directory, on the port it had, if any."""
         server = await self._start(
-            name, serve_acceptor, name, self.tmp / name, "127.0.0.1", self.ports.get(name, 0), 0,
-            self.run_dir / f"{name}.ndjson",
+            name, serve_acceptor, name, self.tmp / name, "127.0.0.1", self.ports.get(name, 0), self.run_dir,
         )
         assert isinstance(server, AcceptorServer)
         self.ports[name] = server.port
@@ -87,13 +89,16 @@ class Cluster:
         return server
 
     async def start_proposer(
-        self, name: str, config: ProposerConfig = ProposerConfig(), via: dict[str, int] | None = None
+        self, name: str, config: ProposerConfig = ProposerConfig(), via: dict[str, int] | None = None,
+        timeline: str = "main", wal_start: int = 0,
     ) -> Proposer:
-        """Start proposer `name`, connecting to the acceptors' ports (or those in `via`)."""
+        """Start proposer `name` of `timeline`, connecting to the acceptors' ports (or those in `via`)."""
         ports = {**self.ports, **(via or {})}
         addresses = {a: ("127.0.0.1", ports[a]) for a in ACCEPTORS}
-        self.proposers.append(name)
-        proposer = await self._start(name, serve_proposer, name, addresses, config, 0, self.run_dir / f"{name}.ndjson")
+        self.proposers.setdefault(timeline, set()).add(name)
+        (self.run_dir / timeline).mkdir(exist_ok=True)
+        serve = functools.partial(serve_proposer, timeline=timeline)
+        proposer = await self._start(name, serve, name, addresses, config, wal_start, self.run_dir / timeline / f"{name}.ndjson")
         assert isinstance(proposer, Proposer)
         return proposer
 
@@ -110,19 +115,22 @@ class Cluster:
         for name in list(self._stops):
             await self.stop(name)
 
-    def check_traces(self) -> None:
-        """The run directory, with run.json naming the cluster, passes the replay."""
-        cluster = {"proposers": sorted(set(self.proposers)), "acceptors": list(ACCEPTORS), "wal_start": 0}
-        (self.run_dir / "run.json").write_text(json.dumps({"cluster": cluster}) + "\n")
-        result = check_run([self.run_dir])
+    def check_traces(self, timeline: str = "main", wal_start: int = 0) -> None:
+        """The timeline's run directory, with run.json naming the cluster, passes the replay."""
+        run = self.run_dir / timeline
+        cluster = {"proposers": sorted(self.proposers[timeline]), "acceptors": list(ACCEPTORS), "wal_start": wal_start}
+        (run / "run.json").write_text(json.dumps({"cluster": cluster}) + "\n")
+        result = check_run([run])
         assert result.verdict == "accepted", result.divergence.report() if result.divergence else result
         assert result.actions.get("CollectAck", 0) > 0 and result.actions.get("AcceptAppend", 0) > 0
 
-    def holders(self, begin: int, data: bytes) -> list[str]:
-        """The acceptors whose WAL on disk holds `data` at `begin` (nodes stopped)."""
+    def holders(self, begin: int, data: bytes, timeline: str = "main") -> list[str]:
+        """The acceptors whose WAL of `timeline` on disk holds `data` at `begin` (nodes stopped)."""
         found = []
         for a in ACCEPTORS:
-            with FileWal.open(self.tmp / a) as wal:
+            if not (self.tmp / a / "timelines" / timeline).exists():
+                continue  # the acceptor never heard of the timeline
+            with FileWal.open(self.tmp / a / "timelines" / timeline) as wal:
                 if wal.write_lsn >= begin + len(data) and wal.read(begin, begin + len(data)) == data:
                     found.append(a)
         return found
@@ -292,8 +300,8 @@ def test_appends_commit_with_an_acceptor_down_and_it_catches_up(tmp_path):
         assert stopped_at < proposer.core.wal_end
 
         server = await cluster.start_acceptor("a3")
-        assert server.core.flush_lsn <= stopped_at
-        await wait_until(lambda: server.core.flush_lsn == proposer.core.wal_end)
+        assert server.timelines["main"].core.flush_lsn <= stopped_at
+        await wait_until(lambda: server.timelines["main"].core.flush_lsn == proposer.core.wal_end)
 
     cluster = run_cluster(tmp_path, body)
     assert sorted(acked) == [RECORD * (k + 1) for k in range(workers * each)]
@@ -313,7 +321,7 @@ def test_an_acceptor_stopped_between_write_and_fsync_restarts_traced_right(tmp_p
 
     def write_then_wait(wal: FileWal, lsn: int, data: bytes) -> None:
         write(wal, lsn, data)
-        if armed[0] and wal.directory.name == "a3":
+        if armed[0] and wal.directory.parent.parent.name == "a3":
             armed[0] = False
             trio.from_thread.run_sync(reached.set)
             release.wait()
@@ -329,7 +337,7 @@ def test_an_acceptor_stopped_between_write_and_fsync_restarts_traced_right(tmp_p
         await reached.wait()
         await cluster.stop("a3", then=release.set)
         server = await cluster.start_acceptor("a3")
-        assert server.core.flush_lsn == 2 * RECORD  # the unflushed write came back as flushed
+        assert server.timelines["main"].core.flush_lsn == 2 * RECORD  # the unflushed write came back as flushed
         await proposer.append(record("p1", 2))
 
     cluster = run_cluster(tmp_path, body)
@@ -496,3 +504,69 @@ def test_appends_waiting_together_enter_the_wal_as_one_entry(tmp_path):
     assert sum(new_entries) == 64 * RECORD and len(new_entries) < 64  # batched
     assert_on_quorum(cluster, acked)
     cluster.check_traces()
+
+
+# ---------------------------------------------------------------------------------------
+# Timelines: one WAL and one consensus each, on the same acceptors (issue 8 §3)
+# ---------------------------------------------------------------------------------------
+
+# A branch's WAL starts at its branch LSN; FileWal starts WALs at segment boundaries only.
+BRANCH_LSN = DEFAULT_SEGMENT_SIZE
+
+
+def test_two_timelines_on_the_same_acceptors_are_independent(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="paxwal.acceptor")
+    acked: dict[str, dict[int, bytes]] = {"main": {}, "br": {}}
+
+    async def body(cluster: Cluster) -> None:
+        p1 = await cluster.start_proposer("p1")
+        b1 = await cluster.start_proposer("b1", timeline="br", wal_start=BRANCH_LSN)
+        assert await p1.wait_leader() == 1 and await b1.wait_leader() == 1
+        for i in range(5):
+            for tl, proposer in (("main", p1), ("br", b1)):
+                data = record(proposer.node, i)
+                acked[tl][await proposer.append(data)] = data
+        # A takeover on main does not disturb br: its term and its leader stay.
+        p2 = await cluster.start_proposer("p2")
+        assert await p2.wait_leader() >= 2
+        data = record("p2", 0)
+        acked["main"][await p2.append(data)] = data
+        for name in ACCEPTORS:
+            timelines = cluster.servers[name].timelines
+            assert timelines["main"].core.term >= 2 and timelines["br"].core.term == 1
+        # An OpenTimeline with another WAL start is refused: only that connection closes.
+        stray = await WireClient.connect(cluster.ports["a1"], "x1", timeline="br", wal_start=0)
+        await stray.wait_closed()
+        odd = await WireClient.connect(cluster.ports["a1"], "x2", timeline="odd", wal_start=4096)
+        await odd.wait_closed()
+        assert "odd" not in cluster.servers["a1"].timelines
+        data = record("b1", 5)
+        acked["br"][await b1.append(data)] = data
+        assert b1.core.term == 1
+        # A restart reopens every timeline.
+        await cluster.stop("a1")
+        server = await cluster.start_acceptor("a1")
+        assert sorted(server.timelines) == ["br", "main"]
+        assert server.timelines["br"].core.wal_start == BRANCH_LSN
+        data = record("b1", 6)
+        acked["br"][await b1.append(data)] = data
+        await wait_until(lambda: server.timelines["br"].core.flush_lsn == b1.core.wal_end)
+
+    cluster = run_cluster(tmp_path, body)
+    assert sorted(acked["br"]) == [BRANCH_LSN + RECORD * (k + 1) for k in range(7)]
+    assert min(acked["main"]) == RECORD
+    for timeline, records in acked.items():
+        for end, data in records.items():
+            assert len(cluster.holders(end - len(data), data, timeline)) >= 2
+    for a in ACCEPTORS:  # one directory, WAL and control file per timeline
+        for timeline, start in (("main", 0), ("br", BRANCH_LSN)):
+            directory = tmp_path / a / "timelines" / timeline
+            assert FileControlStorage(directory).load().term_history[0] == (0, start)
+            with FileWal.open(directory) as wal:
+                assert wal.start_lsn == start
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("OpenTimeline of x1 refused" in line and "not at 0/0" in line for line in logged)
+    assert any("OpenTimeline of x2 refused" in line and "not a multiple of the segment size" in line for line in logged)
+    assert not (tmp_path / "run" / "odd").exists()
+    cluster.check_traces("main")
+    cluster.check_traces("br", BRANCH_LSN)

@@ -19,6 +19,7 @@ from impl.wire import (
     PROTOCOL_VERSION,
     AppendRequest,
     AppendResponse,
+    OpenTimeline,
     StatusRequest,
     StatusResponse,
     StreamWal,
@@ -107,6 +108,7 @@ def fields_of(msg: wire.Message) -> dict[str, object]:
 
 node_ids = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=8)
 u64s = st.integers(min_value=0, max_value=U64_MAX)
+timeline_ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", fullmatch=True)
 small_lsns = st.integers(min_value=0, max_value=2**40)
 lsns = st.one_of(small_lsns, u64s)
 terms = st.integers(min_value=1, max_value=U64_MAX)
@@ -211,9 +213,10 @@ MESSAGE_STRATEGIES = {
     AppendResponse: append_responses(),
     WalRead: wal_reads(),
     WalData: wal_datas(),
-    StatusRequest: st.builds(StatusRequest),
+    OpenTimeline: st.builds(OpenTimeline, proposer=node_ids, timeline=timeline_ids, wal_start=u64s),
+    StatusRequest: st.builds(StatusRequest, timeline=timeline_ids),
     StatusResponse: st.builds(
-        StatusResponse, acceptor=node_ids, term=u64s, flush_lsn=u64s, commit_lsn=u64s, wal_start=u64s,
+        StatusResponse, acceptor=node_ids, timeline=timeline_ids, term=u64s, flush_lsn=u64s, commit_lsn=u64s, wal_start=u64s,
         leader=st.just("") | node_ids, leader_term=u64s, proposers=st.lists(node_ids, max_size=4).map(tuple),
     ),
     StreamWal: st.builds(StreamWal, pageserver=node_ids, timeline=node_ids, start_lsn=u64s),
@@ -454,7 +457,8 @@ def with_(fields: dict, **changes: object) -> dict:
 _DROP = object()
 
 DECODE_CASES = [
-    ("bad version", ["version 5"], frame_of(["Greeting", {"proposer": "p1"}], version=5)),
+    ("bad version", ["version 6"], frame_of(["Greeting", {"proposer": "p1"}], version=6)),
+    ("old version 4", ["unsupported protocol version 4"], frame_of(["Greeting", {"proposer": "p1"}], version=4)),
     ("old version 3", ["unsupported protocol version 3"], frame_of(["Greeting", {"proposer": "p1"}], version=3)),
     # Version 1 frames had no trace meta; a peer of that build is refused, not half-understood.
     ("old version 1", ["unsupported protocol version 1"],
@@ -619,6 +623,10 @@ CONSTRUCT_CASES = [
      lambda: ProposerElected(proposer="p1", term=1, term_history=((0, 0), (1, 0)))),
     ("elected term 0", "field term",
      lambda: ProposerElected(proposer="p1", term=0, term_history=(TermSwitch(term=0, lsn=0),))),
+    ("timeline id with a slash", "field timeline",
+     lambda: OpenTimeline(proposer="p1", timeline="a/b", wal_start=0)),
+    ("empty timeline id", "field timeline", lambda: StatusRequest(timeline="")),
+    ("timeline id of 64 characters", "field timeline", lambda: StatusRequest(timeline="t" * 64)),
     ("heartbeat with data", "len(wal) = 1",
      lambda: AppendRequest(proposer="p1", term=1, begin_lsn=5, end_lsn=5, commit_lsn=0, wal=b"x")),
 ]
@@ -787,6 +795,11 @@ DESCRIBE_CASES = [
         WalData(acceptor="a1", term=3, begin_lsn=0, end_lsn=2, wal=b"ab"),
         "a1->* WalData term=3 lsn=0/0..0/2 (2 B)",
     ),
+    (
+        OpenTimeline(proposer="p1", timeline="br-1", wal_start=0x1000),
+        "p1->* OpenTimeline timeline=br-1 wal_start=0/1000",
+    ),
+    (StatusRequest(timeline="main"), "*->* StatusRequest timeline=main"),
 ]
 
 

@@ -3,14 +3,15 @@
 `WireClient` plays a proposer by hand: each `send` stamps the message with the client's own
 trace id (`<node>:<n>`) and Lamport clock, as a traced proposer would, and remembers it, so a
 test can pair the server's trace with what was sent.  `receive` returns whole frames and
-advances the clock past each one's.
+advances the clock past each one's.  `connect` binds the connection to a timeline first, as
+a proposer does (impl/acceptor_server.py rule 10), with an untraced OpenTimeline.
 """
 
 from __future__ import annotations
 
 import trio
 
-from impl.wire import Frame, FrameDecoder, Message, MsgMeta, encode
+from impl.wire import Frame, FrameDecoder, Message, MsgMeta, OpenTimeline, encode
 
 
 class WireClient:
@@ -30,8 +31,12 @@ class WireClient:
         self._decoder = FrameDecoder()
 
     @classmethod
-    async def connect(cls, port: int, node: str = "p1") -> WireClient:
-        return cls(await trio.open_tcp_stream("127.0.0.1", port), node)
+    async def connect(cls, port: int, node: str = "p1", timeline: str | None = "main", wal_start: int = 0) -> WireClient:
+        """Connect as `node`; unless `timeline` is None, send OpenTimeline(node, timeline, wal_start) first."""
+        client = cls(await trio.open_tcp_stream("127.0.0.1", port), node)
+        if timeline is not None:
+            await client.stream.send_all(encode(OpenTimeline(proposer=node, timeline=timeline, wal_start=wal_start)))
+        return client
 
     async def send(self, *msgs: Message) -> None:
         """Send the messages back to back, each a traced frame."""

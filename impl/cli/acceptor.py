@@ -26,7 +26,7 @@ async def _serve_until_signalled(args: argparse.Namespace) -> str | None:
     except (ValueError, RemoteError) as exc:
         return f"acceptor {args.node}: object store {args.remote}: {exc}"
     serve = functools.partial(
-        serve_acceptor, args.node, args.dir, "127.0.0.1", args.port, args.wal_start, args.trace,
+        serve_acceptor, args.node, args.dir, "127.0.0.1", args.port, args.trace_dir,
         segment_size=args.segment_size, remote=remote, remote_prefix=args.remote_prefix,
     )
     # Entered first, so a signal during startup is not lost to the default handlers.
@@ -73,9 +73,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         ),
     )
     acceptor.add_argument("--node", required=True, help="the acceptor's id, e.g. a1")
-    acceptor.add_argument("--dir", required=True, type=Path, metavar="DIR", help="its control file and WAL")
+    acceptor.add_argument("--dir", required=True, type=Path, metavar="DIR", help="its timelines (DIR/timelines/<timeline>/: control file and WAL)")
     acceptor.add_argument("--port", required=True, type=int, metavar="P", help="TCP port (0: any free one)")
-    acceptor.add_argument("--wal-start", type=int, default=0, metavar="LSN", help="where a fresh WAL starts (default 0)")
     acceptor.add_argument(
         "--segment-size", type=segment_size, default=DEFAULT_SEGMENT_SIZE, metavar="BYTES",
         help=f"WAL segment size, a power of two (default {DEFAULT_SEGMENT_SIZE:,}); fixed for the directory's life",
@@ -85,7 +84,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="offload completed WAL segments to this object store: a directory, or s3://BUCKET[/PREFIX]"
              " with AWS_* variables for endpoint and credentials (default: no offload, no WAL removal)",
     )
-    acceptor.add_argument("--remote-prefix", default="timelines/main", metavar="PREFIX",
-                          help="key prefix of this WAL's objects, shared by the cluster's acceptors (default timelines/main)")
-    acceptor.add_argument("--trace", type=Path, metavar="FILE", help="append the node's ndjson trace to FILE")
+    acceptor.add_argument("--remote-prefix", default="timelines", metavar="PREFIX",
+                          help="key prefix of the WALs' objects, PREFIX/<timeline>/..., shared by the cluster's"
+                               " acceptors (default timelines)")
+    acceptor.add_argument("--trace-dir", type=Path, metavar="DIR",
+                          help="append each timeline's ndjson trace to DIR/<timeline>/<node>.ndjson")
     acceptor.set_defaults(handler=_cmd_acceptor)

@@ -55,7 +55,7 @@ def _cmd_down(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     cluster = _cluster(args)
     try:
-        nodes = cluster.status()
+        nodes = cluster.status(args.timeline)
     except ClusterError as exc:
         raise CliError(str(exc)) from None
     answered = [n.state for n in nodes if n.state is not None]
@@ -81,7 +81,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         follows = f"{s.leader}@{s.leader_term}" if s.leader else "-"
         print(f"{n.node:<6}{n.port:<7}{pid:<9}{s.term:<6}{format_lsn(s.flush_lsn):<14}{format_lsn(s.commit_lsn):<14}"
               f"{follows:<10}{','.join(s.proposers) or '-'}")
-    pageserver = cluster.pageserver_status()
+    pageserver = cluster.pageserver_status(args.timeline)
     if pageserver is not None:
         if isinstance(pageserver, str):
             print(f"pageserver: {pageserver}")
@@ -91,6 +91,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
                   f" {format_lsn(p.disk_consistent_lsn)}  remote_consistent {format_lsn(p.remote_consistent_lsn)}"
                   f"  gc_cutoff {format_lsn(p.gc_cutoff)}  layers {p.layers}  streaming from {p.streaming_from or '-'}")
     return 0 if len(answered) == len(nodes) and not isinstance(pageserver, str) else 1
+
+
+def _timeline(text: str) -> str:
+    from impl.wire import check_timeline_id
+
+    try:
+        return check_timeline_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cmd_load(args: argparse.Namespace) -> int:
@@ -113,7 +122,8 @@ def _cmd_load(args: argparse.Namespace) -> int:
                 result: list[object] = []
 
                 async def load() -> None:
-                    result.append(await run_load(cluster, args.clients, args.seconds, args.size, args.name, progress=progress))
+                    result.append(await run_load(cluster, args.clients, args.seconds, args.size, args.name, progress=progress,
+                                                 timeline=args.timeline, wal_start=args.wal_start))
                     nursery.cancel_scope.cancel()
 
                 async def stop_on_signal() -> None:
@@ -129,14 +139,14 @@ def _cmd_load(args: argparse.Namespace) -> int:
     except (ClusterError, ValueError) as exc:
         raise CliError(str(exc)) from None
     if summary is None:
-        print(f"load stopped by a signal; the history is in {cluster.history_file}")
+        print(f"load stopped by a signal; the history is in {cluster.history_path(args.timeline)}")
         return 0
     rate = summary.acked / args.seconds if args.seconds != math.inf else 0
     p50, p99 = summary.percentile(0.5), summary.percentile(0.99)
     print(f"proposer {summary.proposer} (incarnation {summary.incarnation}): acked {summary.acked:,} records"
           f" ({rate:,.0f}/s), failed {summary.failed_definite:,} never written + {summary.failed_unknown:,} outcome unknown")
     if p50 is not None:
-        print(f"commit latency p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms; history in {cluster.history_file}")
+        print(f"commit latency p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms; history in {cluster.history_path(args.timeline)}")
     return 0
 
 
@@ -198,14 +208,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     status = sub.add_parser("status", help="each acceptor's term, flush and commit LSN, and the leader",
                             description="Ask each acceptor for its state. Exit 0 if all answer, 1 if one does not.")
     _dir_argument(status)
+    status.add_argument("--timeline", type=_timeline, default="main", metavar="T",
+                        help="the timeline to report (default main); one an acceptor lacks shows term 0, nothing flushed")
     status.set_defaults(handler=_cmd_status)
 
     load = commands.add_parser(
         "load",
         help="append records through a proposer, recording the client history",
         description=(
-            "Run proposer NAME against the cluster in DIR and C clients appending records of B bytes for S seconds"
-            " (each waits for its commit before the next), writing every operation to DIR/run/history.jsonl"
+            "Run proposer NAME of timeline T against the cluster in DIR and C clients appending records of B bytes"
+            " for S seconds (each waits for its commit before the next), writing every operation to"
+            " DIR/run/T/history.jsonl"
             " (invoke, ack with LSN, fail). SIGTERM or SIGINT stops it early."
         ),
     )
@@ -214,6 +227,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     load.add_argument("--seconds", type=float, default=10.0, metavar="S", help="how long (default 10; inf: until signalled)")
     load.add_argument("--size", type=positive_int, default=1024, metavar="B", help="record size in bytes (default 1024)")
     load.add_argument("--name", default="p1", help="the proposer's id (default p1)")
+    load.add_argument("--timeline", type=_timeline, default="main", metavar="T",
+                      help="the timeline to write; acceptors create it if new (default main)")
+    load.add_argument("--wal-start", type=int, default=None, metavar="LSN",
+                      help="where timeline T's WAL starts: its branch LSN, a multiple of the segment size"
+                           " (default: the cluster's, for main)")
     load.add_argument("--progress-every", type=positive_int, default=5, metavar="SECONDS",
                       help="a progress line on stderr this often (default 5)")
     load.set_defaults(handler=_cmd_load)
