@@ -101,7 +101,7 @@ class ProposerConfig:
     """
 
     max_send: int = 128 * 1024
-    window: int = 1024 * 1024
+    window: int = 4 * 1024 * 1024
     election_timeout: int = 2000
     heartbeat: int = 100
     stall_ticks: int = 20
