@@ -25,6 +25,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 demo: setup
+	$(BIN)/paxwal chaos --seconds 30
 	$(BIN)/paxwal sim --seeds 0:500
 	$(BIN)/paxwal check traces/accepted
 	$(BIN)/paxwal mutants
