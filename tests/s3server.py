@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ import attrs
 import boto3
 import botocore.config
 import pytest
+
+from impl.remote import S3, LocalFs, RemoteStorage
 
 __all__ = ["S3Server", "s3_server"]
 
@@ -68,6 +71,16 @@ class S3Server:
     secret_key: str = attrs.field(repr=False)
     region: str
     bucket: str
+
+    def store(self, **overrides: object) -> S3:
+        """An `impl.remote.S3` on the server under a fresh key prefix (so tests keep apart),
+        with `overrides` of its fields (another secret, to test refusals)."""
+        arguments: dict[str, object] = dict(
+            bucket=self.bucket, endpoint_url=self.endpoint_url, region=self.region,
+            access_key=self.access_key, secret_key=self.secret_key, prefix=f"{uuid.uuid4().hex}/",
+        )
+        arguments.update(overrides)
+        return S3(**arguments)  # type: ignore[arg-type]
 
     def client(self, secret_key: str | None = None) -> Any:
         """A boto3 S3 client for the server (with another secret, to test refusals)."""
@@ -199,3 +212,11 @@ def s3_server() -> Iterator[S3Server]:
         for port in ports.values():
             for stray in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
                 stray.unlink(missing_ok=True)
+
+
+@pytest.fixture(params=["LocalFs", "S3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> RemoteStorage:
+    """Each object store in turn: a `LocalFs` in the test's directory, an `S3` on the server."""
+    if request.param == "LocalFs":
+        return LocalFs(tmp_path / "store")
+    return request.getfixturevalue("s3_server").store()

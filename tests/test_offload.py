@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -44,10 +43,9 @@ from impl.offload import (
     decode_segment,
     encode_segment,
 )
-from impl.remote import LocalFs, NotFound, RemoteError, RemoteStorage, S3
+from impl.remote import LocalFs, NotFound, RemoteError, RemoteStorage
 from impl.storage import CorruptStorage
 from impl.wal import MIN_SEGMENT_SIZE, FileWal, segment_name
-from s3server import S3Server
 from test_proposer_client import ACCEPTORS, Cluster, record, wait_until
 
 SEG = MIN_SEGMENT_SIZE
@@ -55,18 +53,8 @@ SEG = MIN_SEGMENT_SIZE
 DEADLINE = 60
 
 
-def _s3(server: S3Server) -> S3:
-    return S3(
-        bucket=server.bucket, endpoint_url=server.endpoint_url, region=server.region,
-        access_key=server.access_key, secret_key=server.secret_key, prefix=f"{uuid.uuid4().hex}/",
-    )
 
 
-@pytest.fixture(params=["LocalFs", "S3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> RemoteStorage:
-    if request.param == "LocalFs":
-        return LocalFs(tmp_path / "store")
-    return _s3(request.getfixturevalue("s3_server"))
 
 
 def wal_bytes(size: int, seed: int = 1) -> bytes:

@@ -36,29 +36,13 @@ _FORK = multiprocessing.get_context("fork")
 CHILD_TIMEOUT = 30.0
 
 
-def _s3(server: S3Server, **overrides: object) -> S3:
-    arguments = dict(
-        bucket=server.bucket,
-        endpoint_url=server.endpoint_url,
-        region=server.region,
-        access_key=server.access_key,
-        secret_key=server.secret_key,
-        prefix=f"{uuid.uuid4().hex}/",
-    )
-    arguments.update(overrides)
-    return S3(**arguments)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["LocalFs", "S3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> RemoteStorage:
-    if request.param == "LocalFs":
-        return LocalFs(tmp_path / "store")
-    return _s3(request.getfixturevalue("s3_server"))
 
 
 @pytest.fixture
 def s3(s3_server: S3Server) -> S3:
-    return _s3(s3_server)
+    return s3_server.store()
 
 
 # ---------------------------------------------------------------------------------------
@@ -276,9 +260,9 @@ def _increment(store: RemoteStorage, times: int) -> list[int]:
 
 
 def test_s3_wrong_secret_names_the_credentials(s3_server: S3Server) -> None:
-    good = _s3(s3_server)
+    good = s3_server.store()
     good.put("k", b"x")
-    bad = _s3(s3_server, secret_key="not-the-secret", prefix=good.prefix)
+    bad = s3_server.store(secret_key="not-the-secret", prefix=good.prefix)
     calls = {
         "put": lambda: bad.put("k", b"y"),
         "put_if_absent": lambda: bad.put_if_absent("new", b"y"),
@@ -313,21 +297,21 @@ def test_s3_configured_from_the_environment(s3_server: S3Server, monkeypatch: py
 
 
 def test_s3_prefixes_keep_stores_apart(s3_server: S3Server) -> None:
-    one, two = _s3(s3_server), _s3(s3_server)
+    one, two = s3_server.store(), s3_server.store()
     one.put("k", b"one")
     assert two.list() == []
     assert two.stat("k") is None
     two.put("k", b"two")
     assert (one.get("k"), two.get("k")) == (b"one", b"two")
     with pytest.raises(ValueError, match="bad S3 key prefix"):
-        _s3(s3_server, prefix="no-slash")
+        s3_server.store(prefix="no-slash")
 
 
 def test_s3_missing_bucket_and_dead_endpoint_are_remote_errors(s3_server: S3Server) -> None:
     with pytest.raises(RemoteError, match="S3 get 'k' in bucket 'no-such-bucket': NoSuchBucket"):
-        _s3(s3_server, bucket="no-such-bucket").get("k")
+        s3_server.store(bucket="no-such-bucket").get("k")
     port = s3server._free_ports(1)[0]  # nothing listens there
-    dead = _s3(s3_server, endpoint_url=f"http://127.0.0.1:{port}")
+    dead = s3_server.store(endpoint_url=f"http://127.0.0.1:{port}")
     with pytest.raises(RemoteError, match=rf"S3 put 'k' .*cannot reach the endpoint http://127.0.0.1:{port}"):
         dead.put("k", b"x")
     with pytest.raises(RemoteError, match="cannot reach"):

@@ -27,7 +27,7 @@ import pytest
 from impl import remote_timeline
 from impl.layers import parse_layer_name
 from impl.pagewal import PageDelta, PageImage, PageRecord
-from impl.remote import LocalFs, ObjectInfo, RemoteStorage, S3
+from impl.remote import ObjectInfo, RemoteStorage
 from impl.remote_timeline import (
     INDEX_NAME,
     CorruptRemote,
@@ -42,7 +42,6 @@ from impl.remote_timeline import (
     encode_index,
 )
 from impl.timeline import LsnBelowGcCutoff, Repository, Timeline, TimelineConfig, TimelineMetadata
-from s3server import S3Server
 
 P = 512
 T0 = 1_700_000_000_000_000
@@ -77,18 +76,8 @@ def bounded() -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _s3(server: S3Server) -> S3:
-    return S3(
-        bucket=server.bucket, endpoint_url=server.endpoint_url, region=server.region,
-        access_key=server.access_key, secret_key=server.secret_key, prefix=f"{uuid.uuid4().hex}/",
-    )
 
 
-@pytest.fixture(params=["LocalFs", "S3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> RemoteStorage:
-    if request.param == "LocalFs":
-        return LocalFs(tmp_path / "store")
-    return _s3(request.getfixturevalue("s3_server"))
 
 
 # ---------------------------------------------------------------------------------------------
