@@ -197,6 +197,18 @@ class Positions:
     local_start_lsn: int  # the first LSN still on disk (FileWal.start_lsn)
 
 
+def _cbor_fields(raw: bytes, cls: type) -> dict[str, Any]:
+    """The cbor map in `raw`, whose keys must be exactly `cls`'s attrs fields; ValueError if not."""
+    try:
+        body = cbor2.loads(raw)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure on bytes from the store or disk
+        raise ValueError(f"bad CBOR: {exc}") from exc
+    names = sorted(a.name for a in attrs.fields(cls))
+    if not isinstance(body, dict) or sorted(body) != names:
+        raise ValueError(f"not a {cls.__name__} map with fields {names}: {body!r:.200}")
+    return body
+
+
 def _int(value: Any, name: str) -> int:
     if type(value) is not int or value < 0:
         raise ValueError(f"field {name!r} must be an int >= 0, got {value!r}")
@@ -220,13 +232,8 @@ class PeerStatus:
     @classmethod
     def decode(cls, raw: bytes) -> PeerStatus:
         """Raises ValueError on anything but a status this module wrote."""
-        try:
-            body = cbor2.loads(raw)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure on bytes from the store
-            raise ValueError(f"bad CBOR: {exc}") from exc
+        body = _cbor_fields(raw, cls)
         names = [a.name for a in attrs.fields(cls)]
-        if not isinstance(body, dict) or sorted(body) != sorted(names):
-            raise ValueError(f"not a status map with fields {names}: {body!r:.200}")
         if not isinstance(body["node"], str):
             raise ValueError(f"field 'node' must be a string, got {body['node']!r}")
         return cls(body["node"], *(_int(body[n], n) for n in names[1:]))
@@ -245,12 +252,7 @@ class Horizon:
 
     @classmethod
     def decode(cls, raw: bytes) -> Horizon:
-        try:
-            body = cbor2.loads(raw)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure on bytes from the store
-            raise ValueError(f"bad CBOR: {exc}") from exc
-        if not isinstance(body, dict) or sorted(body) != ["by", "lsn", "segment_size"]:
-            raise ValueError(f"not a horizon map (by, lsn, segment_size): {body!r:.200}")
+        body = _cbor_fields(raw, cls)
         return cls(_int(body["lsn"], "lsn"), _int(body["segment_size"], "segment_size"), str(body["by"]))
 
 
@@ -556,15 +558,8 @@ def _encode_horizons(state: HorizonState) -> bytes:
 
 
 def _decode_horizons(raw: bytes) -> HorizonState:
-    encoded = unseal(raw, _HORIZONS_MAGIC, FORMAT_VERSION)
-    try:
-        body = cbor2.loads(encoded)
-    except Exception as exc:  # noqa: BLE001 - the CRC matched, but be safe
-        raise ValueError(f"bad CBOR body: {exc}") from exc
-    names = sorted(a.name for a in attrs.fields(HorizonState))
-    if not isinstance(body, dict) or sorted(body) != names:
-        raise ValueError(f"body is not a map with fields {names}")
-    return HorizonState(**{n: _int(body[n], n) for n in names})
+    body = _cbor_fields(unseal(raw, _HORIZONS_MAGIC, FORMAT_VERSION), HorizonState)
+    return HorizonState(**{n: _int(value, n) for n, value in body.items()})
 
 
 class LocalHorizons:

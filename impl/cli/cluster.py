@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from impl.cli.acceptor import segment_size
-from impl.cli.common import CliError, positive_int
-from impl.cluster import DEFAULT_DIR, Cluster, ClusterError
+from impl.cli.common import CliError, cluster_dir_argument, positive_int
+from impl.cluster import Cluster, ClusterError
 from impl.wal import DEFAULT_SEGMENT_SIZE
 from impl.wire import format_lsn
 
@@ -172,11 +172,6 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _dir_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, metavar="DIR",
-                        help=f"the cluster's directory (default {DEFAULT_DIR}/)")
-
-
 def add_commands(commands: argparse._SubParsersAction) -> None:
     cluster = commands.add_parser(
         "cluster",
@@ -190,7 +185,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     up = sub.add_parser("up", help="create the cluster if needed and start every node not running",
                         description="Create the cluster in DIR if it has none (free ports, cluster.json), then start"
                                     " every acceptor not running and wait until each listens.")
-    _dir_argument(up)
+    cluster_dir_argument(up)
     up.add_argument("--acceptors", type=positive_int, default=3, metavar="N", help="number of acceptors (default 3)")
     up.add_argument("--segment-size", type=segment_size, default=DEFAULT_SEGMENT_SIZE, metavar="BYTES",
                     help=f"WAL segment size of a new cluster (default {DEFAULT_SEGMENT_SIZE:,})")
@@ -203,11 +198,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     up.set_defaults(handler=_cmd_up)
     down = sub.add_parser("down", help="stop every node (SIGTERM, then SIGKILL after 10 s); data is kept",
                           description="Stop every node of the cluster in DIR; its data, logs and traces stay.")
-    _dir_argument(down)
+    cluster_dir_argument(down)
     down.set_defaults(handler=_cmd_down)
     status = sub.add_parser("status", help="each acceptor's term, flush and commit LSN, and the leader",
                             description="Ask each acceptor for its state. Exit 0 if all answer, 1 if one does not.")
-    _dir_argument(status)
+    cluster_dir_argument(status)
     status.add_argument("--timeline", type=_timeline, default="main", metavar="T",
                         help="the timeline to report (default main); one an acceptor lacks shows term 0, nothing flushed")
     status.set_defaults(handler=_cmd_status)
@@ -222,7 +217,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
             " (invoke, ack with LSN, fail). SIGTERM or SIGINT stops it early."
         ),
     )
-    _dir_argument(load)
+    cluster_dir_argument(load)
     load.add_argument("--clients", type=positive_int, default=4, metavar="C", help="concurrent clients (default 4)")
     load.add_argument("--seconds", type=float, default=10.0, metavar="S", help="how long (default 10; inf: until signalled)")
     load.add_argument("--size", type=positive_int, default=1024, metavar="B", help="record size in bytes (default 1024)")

@@ -98,3 +98,11 @@ def seed_range(text: str) -> range:
     if not sep or not first.isdigit() or not last.isdigit() or int(last) <= int(first):
         raise argparse.ArgumentTypeError(f"expected A:B with integers A < B (seeds A..B-1), got {text!r}")
     return range(int(first), int(last))
+
+
+def cluster_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """`--dir DIR`: the running cluster a command talks to (DESIGN §9)."""
+    from impl.cluster import DEFAULT_DIR
+
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, metavar="DIR",
+                        help=f"the cluster's directory (default {DEFAULT_DIR}/)")

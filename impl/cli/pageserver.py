@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from impl.cli.common import CliError
+from impl.cli.common import CliError, cluster_dir_argument
 
 DEFAULT_TIMELINE = "main"
 
@@ -170,13 +170,6 @@ def _lsn_arg(text: str) -> str:
     return text
 
 
-def _cluster_dir(parser: argparse.ArgumentParser) -> None:
-    from impl.cluster import DEFAULT_DIR
-
-    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, metavar="DIR",
-                        help=f"the cluster's directory (default {DEFAULT_DIR}/)")
-
-
 def add_commands(commands: argparse._SubParsersAction) -> None:
     ps = commands.add_parser(
         "pageserver",
@@ -210,11 +203,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     status = sub.add_parser("status", help="the LSNs, GC cutoff and layers of a timeline",
                             description="Ask the cluster's pageserver for a timeline's LSNs (last record, disk- and"
                                         " remote-consistent), GC cutoff and layer count.")
-    _cluster_dir(status)
+    cluster_dir_argument(status)
     status.add_argument("--timeline", default=DEFAULT_TIMELINE, help="(default main)")
     status.set_defaults(handler=_cmd_status)
     gc = sub.add_parser("gc", help="run GC on every timeline now", description="Run GC on every timeline now.")
-    _cluster_dir(gc)
+    cluster_dir_argument(gc)
     gc.set_defaults(handler=_cmd_gc)
 
     branch = commands.add_parser("branch", help="create or list branches (timelines) on the cluster's pageserver",
@@ -225,8 +218,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                                          " at B's last ingested record.")
     create.add_argument("name", metavar="NAME")
     create.add_argument("--from", dest="source", required=True, type=_lsn_arg, metavar="B[@LSN]")
-    _cluster_dir(create)
+    cluster_dir_argument(create)
     create.set_defaults(handler=_cmd_branch_create)
     listing = bsub.add_parser("list", help="every timeline and its LSNs", description="List every timeline.")
-    _cluster_dir(listing)
+    cluster_dir_argument(listing)
     listing.set_defaults(handler=_cmd_branch_list)
