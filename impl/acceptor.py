@@ -517,17 +517,17 @@ def open_acceptor(
         wal = FileWal.open(directory, segment_size=segment_size) if has_wal else FileWal(
             directory, segment_size=segment_size, start_lsn=wal_start
         )
-        if wal.write_lsn != wal.start_lsn:
+        if wal.write_lsn != wal_start:
             wal.close()
             raise CorruptStorage(
-                f"acceptor {node}: {directory} holds WAL segments but no control file"
-                f" ({control_storage.path}); refusing to start on a guessed term"
+                f"acceptor {node}: {directory} holds WAL segments ending at {format_lsn(wal.write_lsn)} but no"
+                f" control file ({control_storage.path}); refusing to start on a guessed term"
             )
-        core = AcceptorCore.fresh(node, wal.start_lsn, tracer)
+        core = AcceptorCore.fresh(node, wal_start, tracer)
         control_storage.store(
             ControlState(
-                node_id=node, term=0, term_history=((0, wal.start_lsn),), flush_lsn=wal.start_lsn,
-                commit_lsn=wal.start_lsn, truncate_pending_lsn=None,
+                node_id=node, term=0, term_history=((0, wal_start),), flush_lsn=wal_start,
+                commit_lsn=wal_start, truncate_pending_lsn=None,
             )
         )
         return core, (), wal, control_storage

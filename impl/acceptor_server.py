@@ -76,7 +76,11 @@ Rules of this file:
    STREAM_FRAMES * STREAM_CHUNK bytes here, never an unbounded buffer and never the outbox-full
    close.  A `PageserverFeedback` goes to `set_remote_consistent_lsn` in a task of the
    connection's own (the driver never waits for its file write).  No core call, no trace
-   event, no consensus state change: the only state it moves is the horizons file.
+   event, no consensus state change: the only state it moves is the horizons file.  The
+   pageserver also sends its feedback to every acceptor it polls, on the anonymous status
+   connection (rule 7): a PageserverFeedback before any binding frame sets that timeline's
+   horizon (a timeline not held ignores it) and binds nothing, so every acceptor, not only
+   the one streamed from, may remove WAL the pageserver has uploaded.
 
 10. A connection belongs to one timeline, named by its first frame, and its frames go to that
    timeline's inbox only.  A proposer's first frame is `OpenTimeline(proposer, timeline,
@@ -85,7 +89,7 @@ Rules of this file:
    not held is created fresh with that WAL start (a branch's WAL starts at its branch LSN),
    its directory written before the connection is bound.  A pageserver's first frame is its
    StreamWal, which names its timeline; a timeline not held refuses it.  A StatusRequest
-   binds nothing (rule 7).  Any other first frame is a ProtocolError.  At start every
+   or an anonymous PageserverFeedback binds nothing (rules 7, 9).  Any other first frame is a ProtocolError.  At start every
    timeline directory holding a control file is opened (its WAL start is the first switch of
    its term history), so a restart reopens them all before anyone connects.
 
@@ -749,7 +753,6 @@ class AcceptorServer:
         Raises:
             CorruptStorage: the timeline's WAL starts elsewhere, or its directory is damaged
                 (the message says why); nothing was opened.
-            ValueError: a new timeline's `wal_start` is not a multiple of the segment size.
             OSError: its directory or trace cannot be written.
         """
         async with self._opening:
@@ -777,13 +780,6 @@ class AcceptorServer:
                     f" {format_lsn(held_start)}, not at {format_lsn(wal_start)}"
                 )
             wal_start = held_start
-        if fresh and wal_start % self._segment_size:
-            # FileWal starts a WAL at a segment boundary (impl/wal.py); Neon's safekeeper
-            # starts mid-segment behind a synthetic header, which paxwal does not have yet.
-            raise ValueError(
-                f"acceptor {self.node}: timeline {timeline} cannot start its WAL at {format_lsn(wal_start)}:"
-                f" not a multiple of the segment size {self._segment_size}"
-            )
         stack = contextlib.ExitStack()
         try:
             tracer = None
@@ -866,6 +862,16 @@ class AcceptorServer:
             return
         if conn.timeline is not None:
             await conn.timeline._inbox_send.send(Received(conn, frame))
+            return
+        if isinstance(msg, PageserverFeedback):
+            # The horizon reaches acceptors the pageserver does not stream from (rule 9).
+            held = self.timelines.get(msg.timeline)
+            if held is not None and msg.remote_consistent_lsn > held.remote_consistent_lsn:
+                try:
+                    await held.set_remote_consistent_lsn(msg.remote_consistent_lsn)
+                except OSError as exc:
+                    log.error("acceptor %s: storing remote_consistent_lsn %s of %s failed: %s", self.node,
+                              format_lsn(msg.remote_consistent_lsn), msg.timeline, exc)
             return
         if isinstance(msg, OpenTimeline):
             try:

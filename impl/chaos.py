@@ -55,7 +55,7 @@ class ChaosOptions:
     Attributes:
         seconds: the fault phase's length.
         seed: chooses the faults and their timing.
-        acceptors, clients, size: the cluster and its load.
+        acceptors, clients: the cluster and its load.
         calm: the fault-free phase at the end, which must commit records.
         pause: seconds between faults are drawn from [pause/2, pause*1.5].
     """
@@ -64,7 +64,6 @@ class ChaosOptions:
     seed: int = 0
     acceptors: int = 3
     clients: int = 4
-    size: int = 1024
     calm: float = 5.0
     pause: float = 1.0
 
@@ -127,7 +126,7 @@ class _Nemesis:
     def load_command(self) -> list[str]:
         o = self.options
         return [sys.executable, "-m", "impl.cli", "load", "--dir", str(self.cluster.dir), "--name", LOAD_NODE,
-                "--clients", str(o.clients), "--size", str(o.size), "--seconds", "inf", "--progress-every", "10"]
+                "--clients", str(o.clients), "--seconds", "inf", "--progress-every", "10"]
 
     def start_load(self) -> None:
         self.cluster.spawn(LOAD_NODE, self.load_command())

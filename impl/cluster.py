@@ -36,10 +36,10 @@ Rules:
    never changes anything.
 5. The pageserver (issue 8) is one more node, `pageserver`, started after the acceptors and
    stopped before them (its SIGTERM checkpoints and uploads while they still run).  It
-   writes no trace: it is not in the spec, and run.json does not name it.  It is opt-in
-   (`pageserver=True`, `cluster up --pageserver`) while issue 8 is in progress: it expects
-   page WAL records (impl/pagewal.py), and `paxwal load` and the chaos runner write opaque
-   records, on which its WAL receiver stops with a decoding error.
+   writes no trace: it is not in the spec, and run.json does not name it.  A new cluster has
+   one unless created with `pageserver=False` (`cluster up --no-pageserver`); everything
+   written to the WAL must then be page WAL records (impl/pagewal.py), as `paxwal load`
+   writes them.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ class Cluster:
         return ClusterConfig.from_json(text, self.config_file)
 
     def create(self, acceptors: int, wal_start: int = 0, segment_size: int = DEFAULT_SEGMENT_SIZE,
-               remote: str = "remote", pageserver: bool = False) -> ClusterConfig:
+               remote: str = "remote", pageserver: bool = True) -> ClusterConfig:
         """Write a new configuration with `acceptors` acceptors a1..aN on free ports (rule 1),
         and a pageserver on another if `pageserver` (rule 5)."""
         if acceptors < 1:
@@ -365,7 +365,7 @@ class Cluster:
         return how
 
     def up(self, acceptors: int, segment_size: int = DEFAULT_SEGMENT_SIZE, remote: str = "remote",
-           pageserver: bool = False) -> tuple[ClusterConfig, list[str]]:
+           pageserver: bool = True) -> tuple[ClusterConfig, list[str]]:
         """Create the cluster if DIR has none, then start every node not running.
 
         Returns:

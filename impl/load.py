@@ -8,14 +8,17 @@ Theory of operation
 writes every client operation to its timeline's history file (DIR/run/<timeline>/history.jsonl), one
 JSON line each, as Jepsen histories do:
 
-    {"op": "invoke", "key": "p1/3f2a/0/17", "size": 1024, "t": ...}
-    {"op": "ack",    "key": "p1/3f2a/0/17", "lsn": 18432, "t": ...}   committed, ends at lsn
+    {"op": "invoke", "key": "p1/3f2a/0/17", "commit_time": ..., "size": 4113, "t": ...}
+    {"op": "ack",    "key": "p1/3f2a/0/17", "commit_time": ..., "size": 4113, "lsn": 18432, "t": ...}
+                                                                     committed, ends at lsn
     {"op": "fail",   "key": "p1/3f2a/0/17", "definite": true, ...}    never written
     {"op": "fail",   "key": "p1/3f2a/0/17", "definite": false, ...}   outcome unknown
 
-A record's bytes are a function of its key and size (`record_bytes`), so the history alone
-says what every acknowledged LSN range must hold; `verify_history` checks that against the
-acceptors' WAL.  The key names the proposer, its incarnation (a random tag per process, so a
+A record is a page WAL record (impl/pagewal.py), so the pageserver ingests what the load
+writes: one transaction that overwrites one page of a small database (`LOAD_PAGES` pages)
+with bytes made from the key.  Its bytes are a function of its key and commit time
+(`load_record`), so the history alone says what every acknowledged LSN range must hold;
+`verify_history` checks that against the acceptors' WAL.  The key names the proposer, its incarnation (a random tag per process, so a
 restarted load never reuses a key), the client and a sequence number.
 
 Lines are written unbuffered before and after each operation, so a kill -9 of the load
@@ -31,6 +34,7 @@ import json
 import logging
 import secrets
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -40,28 +44,30 @@ import trio
 
 from impl.cluster import Cluster
 from impl.acceptor_server import TIMELINES_DIR
+from impl.offload import OffloadError, RemoteWal
+from impl.pagewal import PAGE_SIZE, PageImage, PageRecord, encode_record
+from impl.remote import NotFound, open_remote
 from impl.proposer_client import AppendFailed, NotLeader, ProposerConfig, serve_proposer
 from impl.storage import CorruptStorage
 from impl.wal import FileWal
 
-__all__ = ["LoadSummary", "Verdict", "record_bytes", "run_load", "verify_history"]
+__all__ = ["LOAD_PAGES", "LoadSummary", "Verdict", "load_record", "run_load", "verify_history"]
 
 log = logging.getLogger("paxwal.load")
 
-# A record is its key, a separator, then filler; the key must fit.
-MIN_RECORD_SIZE = 48
+# The database the load writes: every record overwrites one of these pages.
+LOAD_PAGES = 64
 # After a failed append a client waits this long before the next (the proposer is between
 # terms: hammering it only fills the log).
 RETRY_PAUSE = 0.05
 
 
-def record_bytes(key: str, size: int) -> bytes:
-    """The record a client appends under `key`: deterministic, so a history can be checked."""
-    head = f"{key}|".encode()
-    if len(head) > size:
-        raise ValueError(f"record size {size} cannot hold key {key!r}")
-    filler = (key.encode() + b".") * (size // (len(key) + 1) + 1)
-    return head + filler[: size - len(head)]
+def load_record(key: str, commit_time: int) -> bytes:
+    """The record a client appends under `key` at `commit_time` (microseconds since the
+    epoch): deterministic, so a history can be checked."""
+    filler = (key.encode() + b".") * (PAGE_SIZE // (len(key) + 1) + 1)
+    image = PageImage(zlib.crc32(key.encode()) % LOAD_PAGES, filler[:PAGE_SIZE])
+    return encode_record(PageRecord(PAGE_SIZE, LOAD_PAGES, commit_time, (image,)))
 
 
 @attrs.define
@@ -98,7 +104,6 @@ async def run_load(
     cluster: Cluster,
     clients: int,
     seconds: float,
-    size: int,
     name: str = "p1",
     config: ProposerConfig = ProposerConfig(),
     progress: Callable[[LoadSummary, float], None] | None = None,
@@ -106,14 +111,12 @@ async def run_load(
     timeline: str = "main",
     wal_start: int | None = None,
 ) -> LoadSummary:
-    """Append records of `size` bytes from `clients` clients for `seconds` (math.inf: until
-    cancelled) through proposer `name` of `timeline`, whose WAL starts at `wal_start` (None:
+    """Append records from `clients` clients for `seconds` (math.inf: until cancelled)
+    through proposer `name` of `timeline`, whose WAL starts at `wal_start` (None:
     the cluster's); record the history in `cluster.history_path(timeline)` (module docstring).
 
     `progress(summary, elapsed)` is called about once a second.
     """
-    if size < MIN_RECORD_SIZE:
-        raise ValueError(f"record size must be at least {MIN_RECORD_SIZE} bytes, got {size}")
     cfg = cluster.load()
     start = cfg.wal_start if wal_start is None else wal_start
     cluster.add_proposer(name, timeline, start)
@@ -130,7 +133,7 @@ async def run_load(
             with trio.move_on_after(seconds):
                 async with trio.open_nursery() as clients_nursery:
                     for client in range(clients):
-                        clients_nursery.start_soon(_client, proposer, history, summary, client, size)
+                        clients_nursery.start_soon(_client, proposer, history, summary, client)
                     if progress is not None:
                         clients_nursery.start_soon(_report, summary, started, progress)
             nursery.cancel_scope.cancel()
@@ -143,14 +146,16 @@ async def _report(summary: LoadSummary, started: float, progress: Callable[[Load
         progress(summary, time.monotonic() - started)
 
 
-async def _client(proposer: Any, history: _History, summary: LoadSummary, client: int, size: int) -> None:
+async def _client(proposer: Any, history: _History, summary: LoadSummary, client: int) -> None:
     for seq in range(2**62):
         await proposer.wait_leader()  # an append now would fail at once: not worth a history line
         key = f"{summary.proposer}/{summary.incarnation}/{client}/{seq}"
-        history.write("invoke", key, size=size)
+        commit_time = time.time_ns() // 1000
+        record = load_record(key, commit_time)
+        history.write("invoke", key, commit_time=commit_time, size=len(record))
         began = time.monotonic()
         try:
-            lsn = await proposer.append(record_bytes(key, size))
+            lsn = await proposer.append(record)
         except NotLeader as exc:
             history.write("fail", key, definite=True, error=str(exc))
             summary.failed_definite += 1
@@ -162,7 +167,7 @@ async def _client(proposer: Any, history: _History, summary: LoadSummary, client
             await trio.sleep(RETRY_PAUSE)
             continue
         summary.latencies.append(time.monotonic() - began)
-        history.write("ack", key, lsn=lsn, size=size)
+        history.write("ack", key, commit_time=commit_time, size=len(record), lsn=lsn)
         summary.acked += 1
         summary.first_lsn = lsn if summary.first_lsn is None else summary.first_lsn
         summary.last_lsn = lsn
@@ -215,7 +220,9 @@ def verify_history(cluster: Cluster, timeline: str = "main") -> Verdict:
     processes stopped).
 
     Each acknowledged record must be present, unchanged, at its LSN on a majority of the
-    acceptors, and no two acknowledged records may share an LSN.
+    acceptors, and no two acknowledged records may share an LSN.  An acceptor holds what it
+    removed after offload (impl/offload.py) if the object store holds it: that part is read
+    from there, as the acceptor would read it to serve it.
     """
     cfg = cluster.load()
     path = cluster.history_path(timeline)
@@ -229,11 +236,12 @@ def verify_history(cluster: Cluster, timeline: str = "main") -> Verdict:
     overlapping = [(a[2], b[2]) for a, b in zip(ranges, ranges[1:]) if b[0] < a[1]]
     quorum = len(cfg.acceptors) // 2 + 1
     lost = []
+    offloaded = RemoteWal(open_remote(cluster.remote_location(cfg)), f"{cfg.remote_prefix}/{timeline}", cfg.segment_size)
     with contextlib.ExitStack() as stack:
         wals = {node: stack.enter_context(_open_wal(cluster.dir / node / TIMELINES_DIR / timeline, cfg.segment_size)) for node in cfg.acceptors}
         for begin, end, key in ranges:
-            expected = record_bytes(key, end - begin)
-            holders = [node for node, wal in wals.items() if _holds(wal, begin, end, expected)]
+            expected = load_record(key, acks[key]["commit_time"])
+            holders = [node for node, wal in wals.items() if _holds(wal, offloaded, begin, end, expected)]
             if len(holders) < quorum:
                 lost.append((key, end, holders))
     return Verdict(len(acks), lost, overlapping, unknown, failed)
@@ -250,8 +258,13 @@ def _open_wal(directory: Path, segment_size: int) -> Iterator[FileWal | None]:
         yield wal
 
 
-def _holds(wal: FileWal | None, begin: int, end: int, expected: bytes) -> bool:
-    if wal is None or begin < wal.start_lsn or end > wal.flush_lsn:
+def _holds(wal: FileWal | None, offloaded: RemoteWal, begin: int, end: int, expected: bytes) -> bool:
+    if wal is None or end > wal.flush_lsn:
         return False
-    return wal.read(begin, end) == expected
+    local = max(begin, wal.start_lsn)  # [begin, local) was removed after offload
+    try:
+        removed = offloaded.read(begin, min(local, end)) if begin < local else b""
+    except (NotFound, OffloadError):
+        return False
+    return removed + (wal.read(local, end) if local < end else b"") == expected
 

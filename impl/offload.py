@@ -673,7 +673,8 @@ class Offloader:
             remote_wal: the WAL's objects.
             horizons: its persisted horizons.
             config: the tuning.
-            wal_start: where the WAL starts (the horizon's initial value).
+            wal_start: where the WAL starts; the horizon starts at the start of its segment
+                (a branch's WAL may start mid-segment, behind zeros: impl/wal.py point 1).
             positions: the acceptor's LSNs now (called between awaits, on the trio thread).
             remove_below: runs `FileWal.remove_below` in order with the other storage
                 operations and returns the new local start.
@@ -685,7 +686,7 @@ class Offloader:
         self._remote = remote_wal
         self._horizons = horizons
         self._config = config
-        self._wal_start = wal_start
+        self._wal_start = wal_start - wal_start % remote_wal.segment_size
         self._positions = positions
         self._remove_below = remove_below
         self._clock = clock
@@ -694,7 +695,7 @@ class Offloader:
         self._counter = 0
         self._liveness = Liveness(config.lease)
         self._wake = trio.Event()
-        self.offloaded_lsn = max(horizons.offloaded_lsn, wal_start)
+        self.offloaded_lsn = max(horizons.offloaded_lsn, self._wal_start)
         self.offloader: str | None = None
         self.uploads = 0
         self.errors = 0

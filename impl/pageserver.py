@@ -5,7 +5,8 @@ Theory of operation
 
 The pageserver turns committed WAL into page versions at every LSN and serves them.  This file
 is its trio shell: it owns the repository (impl/timeline.py), its remote mirror
-(impl/remote_timeline.py), a WAL receiver (impl/walreceiver.py) and a page service.  Rules:
+(impl/remote_timeline.py), a WAL receiver per timeline (impl/walreceiver.py) and a page
+service.  Rules:
 
 1. One owner.  Only one thread touches the repository at a time (timeline.py rule 1): every
    repository call, in the trio thread (`Timeline.ingest`) or in ``trio.to_thread`` (flush,
@@ -16,32 +17,34 @@ is its trio shell: it owns the repository (impl/timeline.py), its remote mirror
    no timeline, download the newest indexes first (rule 6 there), then `Repository.open`.  A
    timeline comes back at ``last_record_lsn = disk_consistent_lsn`` and the receiver
    re-streams the WAL after it.  With nothing local or remote, the timeline is created empty
-   at the cluster's WAL start.
-3. Background tasks, each on its interval: freeze the open layer by age or size
+   at the cluster's WAL start.  Every timeline gets a WAL receiver, at start and when a
+   branch is created: a branch's WAL starts at its branch LSN on the acceptors (a compute on
+   the branch writes it), and until one exists the branch's receiver streams from nobody.
+3. Background tasks, each on its interval: freeze every timeline's open layer by age or size
    (`Timeline.freeze_if_due`, Neon's checkpoint_timeout/distance) and flush frozen layers;
    compaction; the remote sync (its result is the remote_consistent_lsn fed back to the
    acceptors, the only horizon that lets them delete WAL); GC.  An error of object storage
    is logged and retried at the next interval; `Superseded` (a newer pageserver attached)
    stops syncing for good, as a zombie must.
 4. The page service speaks wire frames (impl/wire.py) on 127.0.0.1, one request at a time
-   per connection, each answered in order.  GetPage@LSN on the ingesting timeline waits,
-   bounded by `wait_lsn_timeout` (a cancel scope), until ingest reaches the LSN.  Every
+   per connection, each answered in order.  GetPage@LSN waits, bounded by
+   `wait_lsn_timeout` (a cancel scope), until the timeline's ingest reaches the LSN.  Every
    refusal (unknown timeline, an LSN below the GC cutoff or never arriving, a page past the
    end, a bad branch) is a `PageserverError(code, text)` reply and the connection stays
    open: never a wrong page.  A malformed frame closes that connection only.
-5. Shutdown (`Pageserver.shutdown`, the CLI's SIGTERM): checkpoint the ingesting timeline
-   and sync once more, bounded, so a restart from object storage alone loses nothing
+5. Shutdown (`Pageserver.shutdown`, the CLI's SIGTERM): checkpoint every timeline and sync
+   once more, bounded, so a restart from object storage alone loses nothing
    ingested; a kill -9 loses only what the acceptors still hold and re-stream.
 
 Error codes of `PageserverError`: ``unknown-timeline``, ``bad-timeline-name``,
-``lsn-below-gc-cutoff``, ``lsn-not-ingested`` (a timeline nothing ingests into),
-``lsn-timeout`` (waited `wait_lsn_timeout`), ``page-beyond-end``, ``timeline-exists``,
+``lsn-below-gc-cutoff``, ``lsn-timeout`` (waited `wait_lsn_timeout`), ``page-beyond-end``, ``timeline-exists``,
 ``branch-above-last-record``, ``branch-below-gc-cutoff``, ``refused`` (another
 TimelineError), ``bad-request`` (a message the page service does not take), ``internal``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -106,7 +109,7 @@ _CODES: tuple[tuple[type[Exception], str], ...] = (
     (UnknownTimeline, "unknown-timeline"),
     (BadTimelineName, "bad-timeline-name"),
     (LsnBelowGcCutoff, "lsn-below-gc-cutoff"),
-    (LsnNotIngested, "lsn-not-ingested"),
+    (LsnNotIngested, "lsn-timeout"),  # _wait_lsn comes first; this is its race with shutdown
     (PageBeyondEnd, "page-beyond-end"),
     (TimelineExists, "timeline-exists"),
     (BranchAboveLastRecord, "branch-above-last-record"),
@@ -120,7 +123,8 @@ class PageserverConfig:
     """The service's settings.
 
     Attributes:
-        receiver: the WAL receiver's (its `timeline` is the one ingested).
+        receiver: the WAL receivers' (its `timeline` is the one created when nothing local
+            or remote exists; each timeline's receiver gets its own name there).
         timelines: the repository's (checkpoint distance/timeout, GC window, ...).
         wal_start: where the cluster's WAL starts (a new timeline starts there).
         freeze_interval, compaction_interval, sync_interval, gc_interval: seconds between
@@ -161,7 +165,7 @@ class Pageserver:
     Attributes (read-only):
         repo: the Repository (touch it only under `_repo_lock`: rule 1).
         remote: the RemoteRepository, or None without object storage.
-        receiver: the WalReceiver.
+        receivers: timeline -> its WalReceiver.
         port: the page service's TCP port.
         remote_consistent_lsns: timeline -> remote_consistent_lsn of its last sync.
     """
@@ -175,7 +179,10 @@ class Pageserver:
         self.timeline_name = config.receiver.timeline
         self._repo_lock = trio.Lock()
         self._sync_lock = trio.Lock()
-        self._ingested = trio.Event()
+        self._acceptors = dict(acceptors)
+        self._ingested: dict[str, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+        self.receivers: dict[str, WalReceiver] = {}
         self._superseded = False
         self.remote_consistent_lsns: dict[str, int] = {}
         if remote is not None:
@@ -183,13 +190,27 @@ class Pageserver:
                 lsn = remote.remote_consistent_lsn(name)
                 if lsn is not None:
                     self.remote_consistent_lsns[name] = lsn
-        main = repo.timeline(self.timeline_name)
-        self.receiver = WalReceiver(acceptors, config.receiver, lambda: main.last_record_lsn, self._ingest,
-                                    self._feedback, main.page_size)
+
+    @property
+    def superseded(self) -> bool:
+        """Whether a newer pageserver attached to our objects, so we upload no more (rule 3)."""
+        return self._superseded
 
     @property
     def main(self) -> Timeline:
         return self.repo.timeline(self.timeline_name)
+
+    async def _start_receiver(self, name: str) -> None:
+        """Run timeline `name`'s WAL receiver in the service's nursery (rule 2)."""
+        timeline = self.repo.timeline(name)
+        config = attrs.evolve(self.config.receiver, timeline=name)
+        receiver = WalReceiver(self._acceptors, config, lambda: timeline.last_record_lsn,
+                               functools.partial(self._ingest, timeline), functools.partial(self._feedback, timeline),
+                               timeline.page_size)
+        self.receivers[name] = receiver
+        self._ingested[name] = trio.Event()
+        assert self._nursery is not None
+        await self._nursery.start(receiver.run)
 
     # -- the repository, one caller at a time (rule 1) ----------------------------------
 
@@ -198,20 +219,19 @@ class Pageserver:
         async with self._repo_lock:
             return await trio.to_thread.run_sync(fn, *args)
 
-    async def _ingest(self, records: list[tuple[int, PageRecord]]) -> None:
-        main = self.main
+    async def _ingest(self, timeline: Timeline, records: list[tuple[int, PageRecord]]) -> None:
         async with self._repo_lock:
             for lsn, record in records:
-                if lsn > main.last_record_lsn:  # a switch may re-deliver what a crash lost
-                    main.ingest(lsn, record)
-        self._ingested.set()
-        self._ingested = trio.Event()
+                if lsn > timeline.last_record_lsn:  # a switch may re-deliver what a crash lost
+                    timeline.ingest(lsn, record)
+        self._ingested[timeline.name].set()
+        self._ingested[timeline.name] = trio.Event()
 
-    def _feedback(self) -> PageserverFeedback:
-        main = self.main
+    def _feedback(self, timeline: Timeline) -> PageserverFeedback:
         return PageserverFeedback(
-            timeline=main.name, last_record_lsn=main.last_record_lsn, disk_consistent_lsn=main.disk_consistent_lsn,
-            remote_consistent_lsn=self.remote_consistent_lsns.get(main.name, 0),
+            timeline=timeline.name, last_record_lsn=timeline.last_record_lsn,
+            disk_consistent_lsn=timeline.disk_consistent_lsn,
+            remote_consistent_lsn=self.remote_consistent_lsns.get(timeline.name, 0),
         )
 
     # -- background tasks (rule 3) -------------------------------------------------------
@@ -227,16 +247,17 @@ class Pageserver:
                 log.warning("pageserver: %s failed (retried in %.1f s): %s", what, interval, exc)
 
     async def freeze_and_flush(self, force: bool = False) -> None:
-        """Freeze the ingesting timeline's open layer if due (any, if `force`), then flush
-        every frozen layer to a delta layer file."""
-        main = self.main
+        """Freeze each timeline's open layer if due (any, if `force`), then flush every
+        frozen layer to a delta layer file."""
         async with self._repo_lock:
-            if force:
-                main.freeze()
-            else:
-                main.freeze_if_due(_now_us())
-            if main.frozen_layers:
-                await trio.to_thread.run_sync(main.flush)
+            for name in self.repo.list():
+                timeline = self.repo.timeline(name)
+                if force:
+                    timeline.freeze()
+                else:
+                    timeline.freeze_if_due(_now_us())
+                if timeline.frozen_layers:
+                    await trio.to_thread.run_sync(timeline.flush)
 
     async def compact(self) -> None:
         def run() -> None:
@@ -270,7 +291,7 @@ class Pageserver:
                     snapshot.close()
 
     async def shutdown(self) -> None:
-        """Checkpoint the ingesting timeline and sync, bounded (rule 5)."""
+        """Checkpoint every timeline and sync, bounded (rule 5)."""
         with trio.move_on_after(self.config.shutdown_timeout):
             try:
                 await self.freeze_and_flush(force=True)
@@ -281,11 +302,11 @@ class Pageserver:
     # -- the page service (rule 4) --------------------------------------------------------
 
     async def _wait_lsn(self, timeline: Timeline, lsn: int) -> None:
-        if timeline.name != self.timeline_name or timeline.last_record_lsn >= lsn:
+        if timeline.last_record_lsn >= lsn:
             return
         with trio.move_on_after(self.config.wait_lsn_timeout):
             while timeline.last_record_lsn < lsn:
-                await self._ingested.wait()
+                await self._ingested[timeline.name].wait()
         if timeline.last_record_lsn < lsn:
             raise _Refused("lsn-timeout", f"timeline {timeline.name!r}: {format_lsn(lsn)} not ingested within"
                                           f" {self.config.wait_lsn_timeout:g} s (last record at"
@@ -318,6 +339,7 @@ class Pageserver:
             case BranchCreate(name=name, ancestor=ancestor, lsn=lsn):
                 await self._wait_lsn(self.repo.timeline(ancestor), lsn)
                 await self._locked(self.repo.create_branch, name, ancestor, lsn)
+                await self._start_receiver(name)
                 log.info("pageserver: branch %s created from %s at %s", name, ancestor, format_lsn(lsn))
                 return BranchCreated(name=name, ancestor=ancestor, lsn=lsn)
             case BranchList():
@@ -328,7 +350,7 @@ class Pageserver:
             case PageserverStatusRequest(timeline=name):
                 t = self.repo.timeline(name)
                 layers = await self._locked(lambda: len(t.layer_files()))
-                streaming = self.receiver.streaming_from if name == self.timeline_name else None
+                streaming = self.receivers[name].streaming_from
                 return PageserverStatus(
                     timeline=name, ancestor="" if t.ancestor is None else t.ancestor.name, ancestor_lsn=t.ancestor_lsn,
                     last_record_lsn=t.last_record_lsn, disk_consistent_lsn=t.disk_consistent_lsn,
@@ -419,8 +441,10 @@ async def serve_pageserver(
         log.info("pageserver listening on %s:%d; %s from %s (disk_consistent %s)", host, server.port, main.name,
                  format_lsn(main.last_record_lsn), format_lsn(main.disk_consistent_lsn))
         async with trio.open_nursery() as nursery:
+            server._nursery = nursery
+            for name in repo.list():
+                await server._start_receiver(name)
             await nursery.start(trio.serve_listeners, server._serve_client, listeners)
-            await nursery.start(server.receiver.run)
             nursery.start_soon(server._every, config.freeze_interval, server.freeze_and_flush, "flush")
             nursery.start_soon(server._every, config.compaction_interval, server.compact, "compaction")
             nursery.start_soon(server._every, config.sync_interval, server.sync, "remote sync")

@@ -3,8 +3,13 @@
 Theory of operation:
 
 1. LSNs are byte offsets and the bytes are opaque: record boundaries are the proposer's
-   business, so there is no framing and no per-segment header. The WAL holds
-   ``[start_lsn, write_lsn)``; ``start_lsn`` must be a multiple of the segment size.
+   business, so there is no framing and no per-segment header. The WAL's files cover
+   ``[start_lsn, write_lsn)``; ``start_lsn`` is a multiple of the segment size.  A WAL
+   created at an LSN inside a segment (a branch's WAL starts at its branch LSN) gets a first
+   segment that is zero-filled up to that LSN: the zeros are never WAL (nobody reads below
+   the acceptor's wal_start), they only keep every segment whole, so that names, layout
+   checks, removal and offload stay per segment.  Neon's safekeeper does the same behind a
+   synthetic page header.
 2. Layout: one file per ``segment_size`` bytes (a power of two, at least 4 KiB), named by
    its start LSN as 16 uppercase hex digits. Every segment but the last is *completed*: it
    has exactly ``segment_size`` bytes and no suffix. The last is ``.partial`` while it is
@@ -236,14 +241,15 @@ class FileWal:
     ) -> None:
         """Create a new, empty WAL starting at ``start_lsn``.
 
-        Its first segment is created empty and made durable at once: the file's name is
-        what records ``start_lsn`` for ``open``.
+        Its first segment is created and made durable at once, holding zeros from its start
+        up to ``start_lsn`` (module docstring, point 1): the file's name and size are what
+        record where the WAL begins for ``open``.  The WAL's ``start_lsn`` property is that
+        segment's start; ``write_lsn == flush_lsn ==`` the ``start_lsn`` given.
 
         Args:
             directory: an existing directory holding no segment files.
             segment_size: bytes per segment, a power of two >= ``MIN_SEGMENT_SIZE``.
-            start_lsn: the WAL's first LSN, a multiple of ``segment_size`` (an unaligned
-                start would need a header or a zero-filled prefix to survive reopening).
+            start_lsn: where the WAL's data begins.
 
         Raises:
             ValueError: a bad ``segment_size`` or ``start_lsn``.
@@ -251,20 +257,27 @@ class FileWal:
             CorruptStorage: ``directory`` holds a damaged segment name.
         """
         _check_segment_size(segment_size)
-        if type(start_lsn) is not int or start_lsn < 0 or start_lsn % segment_size:
-            raise ValueError(
-                f"start_lsn must be a multiple of the segment size {segment_size},"
-                f" got {start_lsn!r}"
-            )
+        if type(start_lsn) is not int or start_lsn < 0:
+            raise ValueError(f"start_lsn must be an int >= 0, got {start_lsn!r}")
         directory = Path(directory)
         if _scan(directory, segment_size):
             raise FileExistsError(
                 f"WAL directory {directory} already holds segments (use FileWal.open)"
             )
-        self._attach(
-            directory, segment_size, start_lsn, tail=start_lsn, tail_partial=True, end=start_lsn
-        )
-        self._fd = os.open(self._tail_path(), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        first = start_lsn - start_lsn % segment_size
+        self._attach(directory, segment_size, first, tail=first, tail_partial=True, end=start_lsn)
+        # Zeros first, under a name open ignores, then the rename: a crash never leaves a
+        # first segment shorter than the prefix, which open would take as a WAL ending early.
+        temporary = directory / "first-segment.tmp"
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _pwrite_all(fd, memoryview(bytes(start_lsn - first)), 0)
+            os.fsync(fd)
+            os.rename(temporary, self._tail_path())
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
         fsync_dir(directory)
 
     @classmethod

@@ -5,12 +5,15 @@ Theory of operation
 
 Neon's walreceiver (neon-protocol.md §8.9) keeps one streaming connection per timeline, to the
 safekeeper with the highest commit_lsn, and switches when that one dies, goes silent or falls
-behind.  This file does the same for one timeline, with StatusRequest instead of the broker.
+behind.  This file does the same for one timeline (the pageserver runs one per timeline), with
+StatusRequest instead of the broker.
 Rules of this file:
 
 1. Choosing (`choose_acceptor`, pure): each acceptor's status (StatusRequest, answered beside
    its core) is polled every `status_interval`; the candidate is the answering acceptor with
-   the greatest commit_lsn not in retry back-off, ties to the lowest id.  Switch reasons, as
+   the greatest commit_lsn not in retry back-off, ties to the lowest id, among those whose
+   commit_lsn is at least the timeline's last record LSN (an acceptor that does not hold the
+   timeline answers 0: a branch no compute has written to yet streams from nobody).  Switch reasons, as
    Neon's ``ReconnectReason``: no connection; ``silent`` (no frame, not even a keepalive, for
    `silence_timeout`: Neon's NoKeepAlives); ``lagging`` (another acceptor's commit_lsn ahead
    of ours by at least `max_lag`: Neon's LaggingWal); ``failed`` (the connection broke, or
@@ -24,7 +27,10 @@ Rules of this file:
    service's (it owns the repository).  Committed WAL is the same on every acceptor, so
    switching never changes what is ingested, only who sends it.
 3. Feedback: every `feedback_interval` the stream carries `PageserverFeedback` (the service's
-   LSNs); the acceptor takes its remote_consistent_lsn as the WAL removal horizon.
+   LSNs); the acceptor takes its remote_consistent_lsn as the WAL removal horizon.  Every
+   status poll carries it too, to every acceptor: each removes WAL by its own horizon, and
+   one the pageserver never streams from must learn it as well (Neon spreads it through the
+   broker).
 4. Bad WAL (`PageWalError`) is never skipped: the connection is dropped and the acceptor
    backed off; since every acceptor holds the same committed WAL, ingest stops there (logged)
    rather than guessing.
@@ -83,9 +89,11 @@ class ReceiverConfig:
     feedback_interval: float = 0.5
 
 
-async def fetch_status(port: int, timeout: float = 2.0, host: str = "127.0.0.1", timeline: str = "main") -> StatusResponse:
+async def fetch_status(port: int, timeout: float = 2.0, host: str = "127.0.0.1", timeline: str = "main",
+                       feedback: PageserverFeedback | None = None) -> StatusResponse:
     """Ask the acceptor on host:port for its state of `timeline` (trio's twin of
-    impl.cluster.query_status; a timeline it does not hold answers an empty status).
+    impl.cluster.query_status; a timeline it does not hold answers an empty status), telling
+    it `feedback` first if given (rule 3).
 
     Raises:
         OSError, trio.BrokenResourceError: no connection; trio.TooSlowError: no answer in time;
@@ -94,7 +102,8 @@ async def fetch_status(port: int, timeout: float = 2.0, host: str = "127.0.0.1",
     with trio.fail_after(timeout):
         stream = await trio.open_tcp_stream(host, port)
         async with stream:
-            await stream.send_all(encode(StatusRequest(timeline=timeline)))
+            told = b"" if feedback is None else encode(feedback)
+            await stream.send_all(told + encode(StatusRequest(timeline=timeline)))
             decoder = FrameDecoder()
             while data := await stream.receive_some(READ_SIZE):
                 decoder.feed(data)
@@ -192,16 +201,20 @@ class WalReceiver:
         self._reason = "no connection"
 
     async def poll(self) -> dict[str, int]:
-        """Every answering acceptor's commit_lsn (rule 1); updates `commit_lsns`."""
+        """The commit_lsn of every answering acceptor that holds the timeline's WAL from our
+        last record on (rule 1), telling each our feedback (rule 3); updates `commit_lsns`."""
         answers: dict[str, int] = {}
 
         async def one(name: str, port: int) -> None:
             try:
-                status = await fetch_status(port, self.config.status_timeout, timeline=self.config.timeline)
+                status = await fetch_status(port, self.config.status_timeout, timeline=self.config.timeline,
+                                            feedback=feedback)
             except (OSError, trio.BrokenResourceError, trio.TooSlowError, ProtocolError):
                 return
-            answers[name] = status.commit_lsn
+            if status.commit_lsn >= start:
+                answers[name] = status.commit_lsn
 
+        feedback, start = self._feedback(), self._start_lsn()
         async with trio.open_nursery() as nursery:
             for name, port in self.acceptors.items():
                 nursery.start_soon(one, name, port)

@@ -23,7 +23,8 @@ import pytest
 from conformance.corpus import find_runs
 from conformance.replay import check_run
 from impl.cluster import Cluster, ClusterConfig, ClusterError, query_status
-from impl.load import record_bytes, verify_history
+from impl.load import LOAD_PAGES, load_record, verify_history
+from impl.pagewal import PAGE_SIZE, RecordReader
 from impl.remote import LocalFs
 from impl.wal import segment_name
 
@@ -66,7 +67,7 @@ def test_up_status_load_down_and_up_again(cluster_dir: Path) -> None:
     assert status.returncode == 0, status.stderr
     assert "3 of 3 acceptors answering" in status.stdout and "leader: none elected" in status.stdout
 
-    load = paxwal("load", "--dir", str(cluster_dir), "--seconds", "3", "--clients", "2", "--size", "512")
+    load = paxwal("load", "--dir", str(cluster_dir), "--seconds", "3", "--clients", "2")
     assert load.returncode == 0, load.stderr
     acked = int(load.stdout.split("acked ")[1].split()[0].replace(",", ""))
     assert acked > 0
@@ -77,34 +78,36 @@ def test_up_status_load_down_and_up_again(cluster_dir: Path) -> None:
     assert all(s.term == 1 for s in states.values())
     # Every record acknowledged is below the commit LSN a majority reports.
     commits = sorted(s.commit_lsn for s in states.values())
-    assert commits[1] >= 512 * acked
+    assert commits[1] >= PAGE_SIZE * acked
     flushed = {n: s.flush_lsn for n, s in states.items()}
 
     down = paxwal("cluster", "down", "--dir", str(cluster_dir))
-    assert down.returncode == 0 and down.stdout.count("stopped") == 3, down.stdout
+    assert down.returncode == 0 and down.stdout.count("stopped") == 4, down.stdout  # and the pageserver
     status = paxwal("cluster", "status", "--dir", str(cluster_dir))
-    assert status.returncode == 1 and status.stdout.count("not running") == 3
+    assert status.returncode == 1 and status.stdout.count("not running") == 4, status.stdout
 
     # The same cluster comes back on its ports with its data.
     up = paxwal("cluster", "up", "--dir", str(cluster_dir))
     assert up.returncode == 0, up.stderr
     assert Cluster(cluster_dir).load() == config
     assert {n: query_status(port).flush_lsn for n, port in config.acceptors.items()} == flushed
-    assert paxwal("cluster", "up", "--dir", str(cluster_dir)).stdout.count("already running") == 3
+    assert paxwal("cluster", "up", "--dir", str(cluster_dir)).stdout.count("already running") == 4
     paxwal("cluster", "down", "--dir", str(cluster_dir))
 
     verdict = verify_history(Cluster(cluster_dir))
     assert verdict.ok and verdict.acked == acked
     # Completed, committed segments were offloaded to the cluster's object store (DIR/remote).
     offloaded = LocalFs(cluster_dir / "remote").list("timelines/main/wal/")
-    assert len(offloaded) >= (512 * acked) // 65536 - 1 > 0
+    # (the offloader uploads one segment at a time, so those are a prefix of the WAL).
+    assert offloaded == [f"timelines/main/wal/{segment_name(s * 65536, False)}" for s in range(len(offloaded))]
+    assert len(offloaded) > 0
 
 
 def test_load_on_a_second_timeline_is_its_own_run(cluster_dir: Path) -> None:
     cluster = Cluster(cluster_dir)
     cluster.up(3, segment_size=65536)
     for timeline, start in (("main", "0"), ("br", "131072")):
-        load = paxwal("load", "--dir", str(cluster_dir), "--seconds", "1", "--clients", "2", "--size", "256",
+        load = paxwal("load", "--dir", str(cluster_dir), "--seconds", "1", "--clients", "2",
                       "--timeline", timeline, "--wal-start", start, "--name", f"p-{timeline}")
         assert load.returncode == 0, load.stderr
     states = {t: query_status(cluster.load().acceptors["a1"], timeline=t) for t in ("main", "br", "none")}
@@ -150,7 +153,7 @@ def test_a_node_that_cannot_start_is_reported_and_nothing_is_left_running(cluste
 
 def test_a_stale_pid_file_is_never_signalled(cluster_dir: Path) -> None:
     cluster = Cluster(cluster_dir)
-    cluster.create(1)
+    cluster.create(1, pageserver=False)
     # A pid that is alive but not our node (this test's own process), as after a pid reuse.
     cluster.pid_file("a1").write_text(f"{os.getpid()}\n")
     assert cluster.pid("a1") is None
@@ -177,7 +180,7 @@ def test_down_kills_a_node_that_ignores_sigterm(cluster_dir: Path) -> None:
 def _loaded_cluster(directory: Path, seconds: str = "2") -> tuple[Cluster, ClusterConfig]:
     cluster = Cluster(directory)
     config, _ = cluster.up(3)
-    load = paxwal("load", "--dir", str(directory), "--seconds", seconds, "--clients", "2", "--size", "256")
+    load = paxwal("load", "--dir", str(directory), "--seconds", seconds, "--clients", "2")
     assert load.returncode == 0, load.stderr
     cluster.down()
     return cluster, config
@@ -222,12 +225,16 @@ def _segment_holding(directory: Path, lsn: int, segment_size: int) -> Path:
     return segment
 
 
-def test_record_bytes_are_a_function_of_key_and_size() -> None:
-    assert record_bytes("p1/ab/0/7", 64) == record_bytes("p1/ab/0/7", 64)
-    assert len(record_bytes("p1/ab/0/7", 64)) == 64 and record_bytes("p1/ab/0/7", 64).startswith(b"p1/ab/0/7|")
-    assert record_bytes("p1/ab/0/7", 64) != record_bytes("p1/ab/0/8", 64)
-    with pytest.raises(ValueError):
-        record_bytes("p1/ab/0/7", 5)
+def test_load_records_are_page_records_and_a_function_of_key_and_time() -> None:
+    record = load_record("p1/ab/0/7", 1_700_000_000_000_000)
+    assert record == load_record("p1/ab/0/7", 1_700_000_000_000_000)
+    assert record not in (load_record("p1/ab/0/8", 1_700_000_000_000_000), load_record("p1/ab/0/7", 1))
+    reader = RecordReader(0)
+    reader.feed(record)
+    end, decoded = reader.next_record()
+    assert end == len(record) and decoded.db_size == LOAD_PAGES and decoded.commit_time == 1_700_000_000_000_000
+    (image,) = decoded.pages
+    assert image.image.startswith(b"p1/ab/0/7.p1/ab/0/7.") and len(image.image) == PAGE_SIZE
 
 
 def test_cluster_errors_are_one_line() -> None:

@@ -61,11 +61,11 @@ def wal_bytes(size: int, seed: int = 1) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def make_wal(directory: Path, data: bytes, segment_size: int = SEG) -> FileWal:
-    """A flushed WAL at 0 holding `data`."""
+def make_wal(directory: Path, data: bytes, segment_size: int = SEG, start: int = 0) -> FileWal:
+    """A flushed WAL at `start` holding `data`."""
     directory.mkdir(parents=True, exist_ok=True)
-    wal = FileWal(directory, segment_size=segment_size)
-    wal.write(0, data)
+    wal = FileWal(directory, segment_size=segment_size, start_lsn=start)
+    wal.write(start, data)
     wal.flush()
     return wal
 
@@ -249,13 +249,13 @@ class Node:
     """One acceptor's side of offload without a server: its WAL, LSNs and Offloader."""
 
     def __init__(self, name: str, directory: Path, data: bytes, remote_wal: RemoteWal,
-                 clock: Callable[[], float], config: OffloadConfig = OffloadConfig(lease=5.0)) -> None:
+                 clock: Callable[[], float], config: OffloadConfig = OffloadConfig(lease=5.0), start: int = 0) -> None:
         self.name = name
-        self.wal = make_wal(directory, data)
-        self.commit_lsn = len(data)
+        self.wal = make_wal(directory, data, start=start)
+        self.commit_lsn = start + len(data)
         self.horizons = LocalHorizons.load(directory)
         self.offloader = Offloader(
-            name, self.wal, remote_wal, self.horizons, config, wal_start=0,
+            name, self.wal, remote_wal, self.horizons, config, wal_start=start,
             positions=self.positions, remove_below=self.remove_below, clock=clock,
         )
 
@@ -423,6 +423,25 @@ def test_removed_wal_is_read_back_from_object_storage(tmp_path: Path, store: Rem
         store.put(fresh.segment_key(SEG), bytes(damaged))
         with pytest.raises(OffloadError, match="damaged"):
             await trio.to_thread.run_sync(RemoteWal(store, "wal", SEG).read, SEG, SEG + 1)
+
+    run(body)
+
+
+def test_a_wal_starting_inside_a_segment_is_offloaded_from_that_segment(tmp_path: Path, store: RemoteStorage) -> None:
+    # A branch's WAL starts at its branch LSN: the horizon starts at its segment, whose
+    # bytes before the branch LSN are zeros nobody reads.
+    start = 2 * SEG + 100
+    data = wal_bytes(3 * SEG)
+
+    async def body() -> None:
+        remote_wal = RemoteWal(store, "wal", SEG)
+        node = Node("a1", tmp_path / "a1", data, remote_wal, lambda: 0.0, start=start)
+        await node.horizons.advance(remote_consistent_lsn=start + len(data))
+        await node.offloader.step()
+        assert node.offloader.offloaded_lsn == 5 * SEG and node.wal.start_lsn == 5 * SEG
+        fresh = RemoteWal(store, "wal", SEG)
+        assert await trio.to_thread.run_sync(fresh.read, start, 5 * SEG) == data[: 3 * SEG - 100]
+        check_wal_available("a1", start, node.wal.start_lsn, fresh)
 
     run(body)
 

@@ -15,8 +15,10 @@ pageserver's handling emits no trace event, so the traces stay a behaviour of th
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,12 +31,13 @@ import trio
 from conformance.corpus import find_runs
 from conformance.replay import check_run
 from impl.acceptor_server import STREAM_CHUNK, STREAM_FRAMES, AcceptorServer, serve_acceptor
-from impl.cluster import Cluster
+from impl.cluster import PAGESERVER, Cluster
 from impl.offload import OffloadConfig
 from impl.pagewal import PAGE_SIZE, RecordBuilder, encode_record
 from impl.pageserver import PageClient, Pageserver, PageserverConfig, serve_pageserver
 from impl.proposer_client import Proposer, ProposerConfig, serve_proposer
-from impl.remote import LocalFs
+from impl.remote import LocalFs, RemoteStorage
+from impl.remote_timeline import RemoteRepository
 from impl.timeline import TimelineConfig
 from impl.walreceiver import ReceiverConfig, choose_acceptor
 from impl.wire import (
@@ -141,7 +144,7 @@ def cluster_dir(tmp_path: Path):
 
 
 def test_getpage_branch_and_restore_from_object_storage(cluster_dir: Path) -> None:
-    up = paxwal("cluster", "up", "--dir", str(cluster_dir), "--pageserver")
+    up = paxwal("cluster", "up", "--dir", str(cluster_dir))
     assert up.returncode == 0, up.stderr
     assert "pageserver  port" in up.stdout
     cluster = Cluster(cluster_dir)
@@ -163,16 +166,25 @@ def test_getpage_branch_and_restore_from_object_storage(cluster_dir: Path) -> No
                     created = await client.request(BranchCreate(name="mid", ancestor="main", lsn=lsns[1]))
                     assert created == BranchCreated(name="mid", ancestor="main", lsn=lsns[1])
                     await assert_pages(client, "mid", lsns[1], states[1])
-                    # The branch point is its start: reads after it on the branch see nothing new.
-                    missing = await client.request(GetPage(timeline="mid", page=0, lsn=lsns[2]))
-                    assert isinstance(missing, PageserverError) and missing.code == "lsn-not-ingested", missing
+                    # The branch has a WAL of its own, from its branch LSN, on the same
+                    # acceptors; its pageserver receiver ingests it beside main's.
+                    cluster.add_proposer("b1", timeline="mid", wal_start=lsns[1])
+                    branch = await nursery.start(functools.partial(
+                        serve_proposer, "b1", addresses, ProposerConfig(), lsns[1],
+                        cluster.timeline_run_dir("mid") / "b1.ndjson", timeline="mid"))
+                    await branch.wait_leader()
+                    mid_lsn = await Writer(branch).commit({0: page(0, 9), 3: page(3, 9)}, 4)
+                    mid_state = {**states[1], 0: page(0, 9), 2: bytes(PAGE_SIZE), 3: page(3, 9)}  # 2: a hole
+                    await assert_pages(client, "mid", mid_lsn, mid_state)
+                    await assert_pages(client, "mid", lsns[1], states[1])
+                    await assert_pages(client, "main", lsns[2], states[2])  # main did not see it
                     unknown = await client.request(GetPage(timeline="nope", page=0, lsn=lsns[0]))
                     assert isinstance(unknown, PageserverError) and unknown.code == "unknown-timeline"
                     await assert_pages(client, "main", lsns[2], states[2])  # the connection survived
                 nursery.cancel_scope.cancel()
-        return lsns, states
+        return lsns, states, mid_lsn, mid_state
 
-    lsns, states = trio.run(write_and_read)
+    lsns, states, mid_lsn, mid_state = trio.run(write_and_read)
 
     status = paxwal("pageserver", "status", "--dir", str(cluster_dir))
     assert status.returncode == 0, status.stderr
@@ -187,7 +199,7 @@ def test_getpage_branch_and_restore_from_object_storage(cluster_dir: Path) -> No
     down = paxwal("cluster", "down", "--dir", str(cluster_dir))
     assert down.returncode == 0 and "pageserver  stopped" in down.stdout, down.stdout
     shutil.rmtree(cluster_dir / "pageserver")
-    up = paxwal("cluster", "up", "--dir", str(cluster_dir), "--pageserver")
+    up = paxwal("cluster", "up", "--dir", str(cluster_dir))
     assert up.returncode == 0, up.stderr
 
     async def read_again() -> PageserverStatus:
@@ -198,6 +210,7 @@ def test_getpage_branch_and_restore_from_object_storage(cluster_dir: Path) -> No
                 for lsn, state in zip(lsns, states):
                     await assert_pages(client, "main", lsn, state)
                 await assert_pages(client, "mid", lsns[1], states[1])
+                await assert_pages(client, "mid", mid_lsn, mid_state)
         assert names == BranchListData(names=("main", "mid"))
         assert isinstance(status, PageserverStatus)
         return status
@@ -212,6 +225,48 @@ def test_getpage_branch_and_restore_from_object_storage(cluster_dir: Path) -> No
     assert down.returncode == 0
 
 
+def test_a_pageserver_killed_with_its_directory_lost_serves_the_same_pages_again(cluster_dir: Path) -> None:
+    up = paxwal("cluster", "up", "--dir", str(cluster_dir))
+    assert up.returncode == 0, up.stderr
+    cluster = Cluster(cluster_dir)
+    config = cluster.load()
+    assert config.pageserver_port is not None
+    cluster.add_proposer("c1")
+
+    async def write() -> tuple[list[int], list[dict[int, bytes]]]:
+        with trio.fail_after(DEADLINE):
+            addresses = {a: ("127.0.0.1", p) for a, p in config.acceptors.items()}
+            async with trio.open_nursery() as nursery:
+                proposer = await nursery.start(serve_proposer, "c1", addresses, ProposerConfig(),
+                                               config.wal_start, cluster.timeline_run_dir("main") / "c1.ndjson")
+                await proposer.wait_leader()
+                lsns, states = await write_three(Writer(proposer))
+                async with await PageClient.connect(config.pageserver_port) as client:
+                    await assert_pages(client, "main", lsns[2], states[2])
+                nursery.cancel_scope.cancel()
+        return lsns, states
+
+    lsns, states = trio.run(write)
+    pid = cluster.pid(PAGESERVER)
+    assert pid is not None
+    cluster.signal(PAGESERVER, signal.SIGKILL)  # no final checkpoint, no upload
+    deadline = time.monotonic() + 30
+    while cluster.pid(PAGESERVER) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    shutil.rmtree(cluster_dir / "pageserver")
+    again = paxwal("cluster", "up", "--dir", str(cluster_dir))
+    assert again.returncode == 0 and again.stdout.count("already running") == 3, again.stdout
+
+    async def read() -> None:
+        with trio.fail_after(DEADLINE):
+            async with await PageClient.connect(config.pageserver_port) as client:
+                for lsn, state in zip(lsns, states):
+                    await assert_pages(client, "main", lsn, state)
+
+    trio.run(read)  # what object storage lacked, the acceptors streamed again
+    assert paxwal("cluster", "down", "--dir", str(cluster_dir)).returncode == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Everything in one trio run
 # ---------------------------------------------------------------------------------------------
@@ -222,12 +277,12 @@ ACCEPTORS = ("a1", "a2", "a3")
 class Local:
     """Acceptors, a proposer and a pageserver in one nursery, each stoppable on its own."""
 
-    def __init__(self, nursery: trio.Nursery, tmp: Path) -> None:
+    def __init__(self, nursery: trio.Nursery, tmp: Path, store: RemoteStorage | None = None) -> None:
         self.nursery = nursery
         self.tmp = tmp
         self.run_dir = tmp / "run"
         self.run_dir.mkdir()
-        self.store = LocalFs(tmp / "remote")
+        self.store = store if store is not None else LocalFs(tmp / "remote")
         self.ports: dict[str, int] = {}
         self.acceptors: dict[str, AcceptorServer] = {}
         self.scopes: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
@@ -264,9 +319,9 @@ class Local:
         (self.run_dir / "main").mkdir(exist_ok=True)
         return await self._start("c1", serve_proposer, "c1", addresses, trace_path=self.run_dir / "main" / "c1.ndjson")
 
-    async def start_pageserver(self, config: PageserverConfig) -> Pageserver:
-        return await self._start("pageserver", serve_pageserver, self.tmp / "pageserver", dict(self.ports),
-                                 remote=self.store, config=config)
+    async def start_pageserver(self, config: PageserverConfig, name: str = "pageserver") -> Pageserver:
+        return await self._start(name, serve_pageserver, self.tmp / name, dict(self.ports), remote=self.store,
+                                 config=config)
 
     def check_traces(self) -> None:
         cluster = {"proposers": ["c1"], "acceptors": list(ACCEPTORS), "wal_start": 0}
@@ -282,13 +337,14 @@ FAST = PageserverConfig(
 )
 
 
-def run_local(tmp_path: Path, body, **acceptor_options: object) -> Local:  # type: ignore[no-untyped-def]
+def run_local(tmp_path: Path, body, store: RemoteStorage | None = None,  # type: ignore[no-untyped-def]
+              **acceptor_options: object) -> Local:
     locals_: list[Local] = []
 
     async def main() -> None:
         with trio.fail_after(DEADLINE):
             async with trio.open_nursery() as nursery:
-                local = Local(nursery, tmp_path)
+                local = Local(nursery, tmp_path, store)
                 locals_.append(local)
                 local.acceptor_options = acceptor_options
                 for a in ACCEPTORS:
@@ -341,6 +397,97 @@ def test_errors_are_clean_replies_and_a_bad_frame_closes_only_its_connection(tmp
             assert isinstance(below, PageserverError) and below.code == "branch-below-gc-cutoff"
             await assert_pages(client, "main", lsns[2], states[2])
 
+        # The uploaded horizon reaches every acceptor, not only the one streamed from.
+        with trio.fail_after(10):
+            while any(server.timelines["main"].remote_consistent_lsn < lsns[2] for server in local.acceptors.values()):
+                await trio.sleep(0.05)
+        assert len({server.timelines["main"].remote_consistent_lsn for server in local.acceptors.values()}) == 1
+
+    local = run_local(tmp_path, body)
+    local.check_traces()
+
+
+async def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.05)
+
+
+def test_restart_from_object_storage_alone_serves_the_same_pages(tmp_path: Path, store: RemoteStorage) -> None:
+    async def body(local: Local) -> None:
+        proposer = await local.start_proposer()
+        pageserver = await local.start_pageserver(FAST)
+        await proposer.wait_leader()
+        lsns, states = await write_three(Writer(proposer))
+        async with await PageClient.connect(pageserver.port) as client:
+            await assert_pages(client, "main", lsns[2], states[2])
+            assert await client.request(BranchCreate(name="mid", ancestor="main", lsn=lsns[1])) == BranchCreated(
+                name="mid", ancestor="main", lsn=lsns[1])
+        await pageserver.shutdown()  # the final checkpoint and upload (SIGTERM's)
+        await local.stop("pageserver")
+        shutil.rmtree(local.tmp / "pageserver")
+        restored = await local.start_pageserver(FAST)
+        assert restored.repo.list() == ["main", "mid"]
+        assert restored.main.disk_consistent_lsn >= lsns[2]
+        async with await PageClient.connect(restored.port) as client:
+            for lsn, state in zip(lsns, states):
+                await assert_pages(client, "main", lsn, state)
+            await assert_pages(client, "mid", lsns[1], states[1])
+
+    local = run_local(tmp_path, body, store=store)
+    local.check_traces()
+
+
+def test_a_superseded_pageserver_stops_uploading_and_the_newer_one_serves(tmp_path: Path) -> None:
+    async def body(local: Local) -> None:
+        proposer = await local.start_proposer()
+        old = await local.start_pageserver(FAST)
+        await proposer.wait_leader()
+        writer = Writer(proposer)
+        lsns, states = await write_three(writer)
+        await wait_for(lambda: old.main.last_record_lsn >= lsns[2])
+        await old.freeze_and_flush(force=True)
+        await wait_for(lambda: old.remote_consistent_lsns.get("main", 0) >= lsns[2])
+        # A second pageserver attaches to the same objects (a move, or a zombie left behind).
+        new = await local.start_pageserver(FAST, name="new")
+        assert new.remote is not None and old.remote is not None and new.remote.generation > old.remote.generation
+        last = await writer.commit({1: page(1, 4)}, 3)
+        await wait_for(lambda: old.superseded)
+        await wait_for(lambda: new.main.last_record_lsn >= last)
+        await new.freeze_and_flush(force=True)
+        await wait_for(lambda: new.remote_consistent_lsns.get("main", 0) >= last)
+        assert old.remote_consistent_lsns["main"] < last  # nothing of the zombie's after the attach
+        index = RemoteRepository(local.store).newest_index("main")
+        assert index is not None and index.generation == new.remote.generation
+        async with await PageClient.connect(new.port) as client:
+            await assert_pages(client, "main", last, {**states[2], 1: page(1, 4)})
+            await assert_pages(client, "main", lsns[0], states[0])
+
+    local = run_local(tmp_path, body)
+    local.check_traces()
+
+
+def test_background_tasks_freeze_compact_and_gc_on_their_own(tmp_path: Path) -> None:
+    config = attrs.evolve(FAST, timelines=TimelineConfig(checkpoint_distance=1, image_threshold=2, pitr_bytes=0,
+                                                         pitr_seconds=0),
+                          compaction_interval=0.3, gc_interval=0.3)
+
+    async def body(local: Local) -> None:
+        proposer = await local.start_proposer()
+        pageserver = await local.start_pageserver(config)
+        await proposer.wait_leader()
+        writer = Writer(proposer)
+        lsns = []
+        for version in range(1, 7):
+            lsns.append(await writer.commit({0: page(0, version)}, 1))
+            await wait_for(lambda: pageserver.main.disk_consistent_lsn >= lsns[-1])  # frozen and flushed
+        # Compaction writes an image; GC then removes what it covers, and the cutoff moves up.
+        await wait_for(lambda: pageserver.main.gc_cutoff == lsns[-1] and len(pageserver.main.layer_files()) <= 2)
+        async with await PageClient.connect(pageserver.port) as client:
+            await assert_pages(client, "main", lsns[-1], {0: page(0, 6)})
+            old = await client.request(GetPage(timeline="main", page=0, lsn=lsns[0]))
+            assert isinstance(old, PageserverError) and old.code == "lsn-below-gc-cutoff"
+
     local = run_local(tmp_path, body)
     local.check_traces()
 
@@ -354,14 +501,14 @@ def test_acceptor_killed_under_streaming_is_switched_away_from(tmp_path: Path) -
         lsns, states = await write_three(writer)
         async with await PageClient.connect(pageserver.port) as client:
             await assert_pages(client, "main", lsns[2], states[2])
-            first = pageserver.receiver.streaming_from
+            first = pageserver.receivers["main"].streaming_from
             assert first in ACCEPTORS
             await local.stop(first)
             lsn = await writer.commit({0: page(0, 4)}, 3)
             reply = await client.request(GetPage(timeline="main", page=0, lsn=lsn))
             assert isinstance(reply, PageImageData) and reply.image == page(0, 4)
-            assert pageserver.receiver.streaming_from not in (None, first)
-            assert pageserver.receiver.switches[-1][0] == first
+            assert pageserver.receivers["main"].streaming_from not in (None, first)
+            assert pageserver.receivers["main"].switches[-1][0] == first
             await local.start_acceptor(first)  # back on its port and directory
             lsn = await writer.commit({1: page(1, 5)}, 3)
             reply = await client.request(GetPage(timeline="main", page=1, lsn=lsn))
@@ -407,10 +554,10 @@ def test_a_silent_acceptor_is_left_and_one_far_ahead_is_tried_again(tmp_path: Pa
             await assert_pages(client, "main", lsns[2], states[2])
             with trio.fail_after(10):
                 while True:
-                    reasons = [(old, why.split(":")[0]) for old, _, why in pageserver.receiver.switches]
+                    reasons = [(old, why.split(":")[0]) for old, _, why in pageserver.receivers["main"].switches]
                     if ("f1", "silent for 0.5 s") in reasons and any(
                             why == "lagging" and new == "f1" for (_, why), (_, new, _) in
-                            zip(reasons[1:], pageserver.receiver.switches[1:])):
+                            zip(reasons[1:], pageserver.receivers["main"].switches[1:])):
                         break
                     await trio.sleep(0.1)
             lsn = await Writer(proposer).commit({0: page(0, 9)}, 3)
@@ -473,12 +620,18 @@ def test_acceptor_streams_committed_wal_with_keepalives_and_refuses_mixed_connec
             assert isinstance(msg, WalChunk)
         await raw.stream.aclose()
 
-        early = RawStream(await trio.open_tcp_stream("127.0.0.1", port))
-        await early.send(PageserverFeedback(timeline="main", last_record_lsn=0, disk_consistent_lsn=0,
-                                            remote_consistent_lsn=10**9))
-        assert await early.receive() is None
-        assert local.acceptors["a1"].timelines["main"].remote_consistent_lsn == ends[1]
-        await early.stream.aclose()
+        # Feedback on an anonymous connection (the pageserver's status polls) sets the horizon
+        # of a timeline held, ignores one not held, and binds nothing.
+        polled = RawStream(await trio.open_tcp_stream("127.0.0.1", local.ports["a2"]))
+        for timeline in ("main", "other"):
+            await polled.send(PageserverFeedback(timeline=timeline, last_record_lsn=ends[2],
+                                                 disk_consistent_lsn=ends[2], remote_consistent_lsn=ends[2]))
+        await polled.send(StatusRequest(timeline="main"))
+        status = await polled.receive()
+        assert isinstance(status, StatusResponse) and status.commit_lsn >= ends[-1]
+        assert local.acceptors["a2"].timelines["main"].remote_consistent_lsn == ends[2]
+        assert "other" not in local.acceptors["a2"].timelines
+        await polled.stream.aclose()
 
     local = run_local(tmp_path, body)
     local.check_traces()

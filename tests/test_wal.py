@@ -77,12 +77,30 @@ def test_new_wal_at_later_start(tmp_path):
             wal.read(0, 3 * SEG)
 
 
+def test_new_wal_inside_a_segment_starts_behind_zeros(tmp_path):
+    # A branch's WAL starts at its branch LSN, anywhere: the first segment is whole on disk,
+    # zeros up to the start, so reopening, completing and removing stay per segment.
+    start = 2 * SEG + 100
+    with FileWal(tmp_path, SEG, start_lsn=start) as wal:
+        assert (wal.start_lsn, wal.write_lsn, wal.flush_lsn) == (2 * SEG, start, start)
+        assert _files(tmp_path) == {segment_name(2 * SEG, True): 100}
+        data = _data(start, SEG)
+        wal.write(start, data)
+        wal.flush()
+    assert (tmp_path / segment_name(2 * SEG, False)).read_bytes()[:100] == bytes(100)
+    (tmp_path / "first-segment.tmp").write_bytes(b"left by a crash before its rename")
+    with FileWal.open(tmp_path, SEG) as wal:
+        assert (wal.start_lsn, wal.write_lsn) == (2 * SEG, start + SEG)
+        assert wal.read(start, start + SEG) == data
+        assert wal.remove_below(start + SEG) == 3 * SEG
+        assert wal.read(3 * SEG, start + SEG) == data[SEG - 100:]
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
         {"segment_size": 2048},
         {"segment_size": 6000},
-        {"segment_size": SEG, "start_lsn": 100},
         {"segment_size": SEG, "start_lsn": -SEG},
     ],
 )

@@ -122,7 +122,7 @@ def _cmd_load(args: argparse.Namespace) -> int:
                 result: list[object] = []
 
                 async def load() -> None:
-                    result.append(await run_load(cluster, args.clients, args.seconds, args.size, args.name, progress=progress,
+                    result.append(await run_load(cluster, args.clients, args.seconds, args.name, progress=progress,
                                                  timeline=args.timeline, wal_start=args.wal_start))
                     nursery.cancel_scope.cancel()
 
@@ -158,7 +158,7 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
     directory = args.dir if args.dir is not None else Path(tempfile.mkdtemp(prefix="paxwal-chaos-"))
     if directory.exists() and any(directory.iterdir()):
         raise CliError(f"{directory} is not empty: chaos builds a fresh cluster")
-    options = ChaosOptions(args.seconds, args.seed, clients=args.clients, size=args.size)
+    options = ChaosOptions(args.seconds, args.seed, clients=args.clients)
     print(f"chaos for {args.seconds:.0f} s, seed {args.seed}, in {directory}", flush=True)
     try:
         report = run_chaos(directory, options, say=lambda line: print(line, flush=True))
@@ -192,9 +192,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     up.add_argument("--remote", default="remote", metavar="LOCATION",
                     help="object store for WAL offload of a new cluster: a directory (relative to DIR) or"
                          " s3://BUCKET[/PREFIX] with AWS_* variables for endpoint and credentials (default DIR/remote)")
-    up.add_argument("--pageserver", action="store_true",
-                    help="a new cluster with a pageserver streaming its WAL into DIR/pageserver (issue 8, in"
-                         " progress: it expects page WAL records, which `paxwal load` does not write)")
+    up.add_argument("--no-pageserver", dest="pageserver", action="store_false",
+                    help="a new cluster without the pageserver (by default one streams every timeline's"
+                         " committed WAL into DIR/pageserver and serves its pages)")
     up.set_defaults(handler=_cmd_up)
     down = sub.add_parser("down", help="stop every node (SIGTERM, then SIGKILL after 10 s); data is kept",
                           description="Stop every node of the cluster in DIR; its data, logs and traces stay.")
@@ -211,7 +211,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "load",
         help="append records through a proposer, recording the client history",
         description=(
-            "Run proposer NAME of timeline T against the cluster in DIR and C clients appending records of B bytes"
+            "Run proposer NAME of timeline T against the cluster in DIR and C clients appending page records (one 4 KiB page each)"
             " for S seconds (each waits for its commit before the next), writing every operation to"
             " DIR/run/T/history.jsonl"
             " (invoke, ack with LSN, fail). SIGTERM or SIGINT stops it early."
@@ -220,12 +220,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     cluster_dir_argument(load)
     load.add_argument("--clients", type=positive_int, default=4, metavar="C", help="concurrent clients (default 4)")
     load.add_argument("--seconds", type=float, default=10.0, metavar="S", help="how long (default 10; inf: until signalled)")
-    load.add_argument("--size", type=positive_int, default=1024, metavar="B", help="record size in bytes (default 1024)")
     load.add_argument("--name", default="p1", help="the proposer's id (default p1)")
     load.add_argument("--timeline", type=_timeline, default="main", metavar="T",
                       help="the timeline to write; acceptors create it if new (default main)")
     load.add_argument("--wal-start", type=int, default=None, metavar="LSN",
-                      help="where timeline T's WAL starts: its branch LSN, a multiple of the segment size"
+                      help="where timeline T's WAL starts: its branch LSN"
                            " (default: the cluster's, for main)")
     load.add_argument("--progress-every", type=positive_int, default=5, metavar="SECONDS",
                       help="a progress line on stderr this often (default 5)")
@@ -245,5 +244,4 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     chaos.add_argument("--seed", type=int, default=0, help="chooses the faults and their timing (default 0)")
     chaos.add_argument("--dir", type=Path, metavar="DIR", help="an empty or new directory, kept afterwards (default: a new temporary one, removed if the run passes)")
     chaos.add_argument("--clients", type=positive_int, default=4, metavar="C", help="load clients (default 4)")
-    chaos.add_argument("--size", type=positive_int, default=1024, metavar="B", help="record size (default 1024)")
     chaos.set_defaults(handler=_cmd_chaos)

@@ -176,8 +176,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="run a pageserver, or ask the cluster's pageserver for its status or a GC",
         description=(
             "Without a subcommand: run a pageserver on 127.0.0.1:PORT with its data in --dir, streaming the"
-            " committed WAL of timeline main from the acceptors, until SIGTERM or SIGINT (exit 0; it checkpoints"
-            " and uploads first). Exit 2 with one line if it cannot start."
+            " committed WAL of every timeline (main and each branch, whose WAL starts at its branch LSN) from the"
+            " acceptors, until SIGTERM or SIGINT (exit 0; it checkpoints and uploads first). Exit 2 with one line"
+            " if it cannot start."
         ),
     )
     ps.add_argument("--dir", dest="data_dir", type=Path, metavar="DIR", help="its data directory (to run one)")
@@ -187,7 +188,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                     help="object storage (the source of truth): a directory or s3://BUCKET[/PREFIX] (default: none)")
     ps.add_argument("--remote-prefix", default="pageserver", metavar="PREFIX", help="key prefix (default pageserver)")
     ps.add_argument("--node", default="pageserver", help="its id (default pageserver)")
-    ps.add_argument("--timeline", default=DEFAULT_TIMELINE, help="the timeline its WAL feeds (default main)")
+    ps.add_argument("--timeline", default=DEFAULT_TIMELINE,
+                    help="the timeline created when neither --dir nor object storage holds one (default main)")
     ps.add_argument("--wal-start", type=int, default=0, metavar="LSN", help="where the WAL starts (default 0)")
     ps.add_argument("--checkpoint-timeout", type=float, default=10.0, metavar="S",
                     help="freeze and flush the open layer after S seconds (default 10)")
