@@ -44,6 +44,10 @@ Rules of this file:
    creates the timeline with that WAL start if it holds none, and refuses the connection if
    its timeline starts elsewhere; the refusal is a closed connection, retried like any other.
    The core does not know timelines: each timeline has its own proposers, cores and traces.
+8. A compute leads once.  A proposer that restarts after having led sets `deposed`: its
+   records in flight failed (outcome unknown) and what its client built on them may be lost.
+   With `lead_once` (a compute's) it then never reconnects, so it cannot campaign again and
+   depose the compute that replaced it; its client stops (impl/compute.py).
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ from impl.framing import Lost, Received, run_connection
 from impl.wire import Frame, OpenTimeline, ProtocolError, check_timeline_id, encode, format_lsn
 
 # NotLeader and ProposerConfig are re-exported: callers of `append` and `serve_proposer` need them.
-__all__ = ["AppendFailed", "NotLeader", "Proposer", "ProposerConfig", "serve_proposer"]
+__all__ = ["AppendFailed", "NotLeader", "PendingAppend", "Proposer", "ProposerConfig", "serve_proposer"]
 
 log = logging.getLogger("paxwal.proposer")
 
@@ -108,13 +112,28 @@ class _Connection:
 
 
 @attrs.define(eq=False)
-class _Append:
-    """One `append` call: its record, and its answer once the driver has one."""
+class PendingAppend:
+    """One record handed to the proposer (`submit`), and its fate once the driver knows it.
+
+    Its record bytes are dropped once the core holds them (they are in the WAL then)."""
 
     record: bytes
     done: trio.Event = attrs.field(factory=trio.Event)
     end_lsn: int | None = None
     error: Exception | None = None
+
+    async def result(self) -> int:
+        """Wait for the record's fate: its end LSN once committed.
+
+        Raises:
+            NotLeader: it was never written.
+            AppendFailed: written, and whether it is committed is unknown.
+        """
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.end_lsn is not None
+        return self.end_lsn
 
     def succeed(self, end_lsn: int) -> None:
         self.end_lsn = end_lsn
@@ -140,6 +159,8 @@ class Proposer:
         core: the ProposerCore (read its state between awaits only).
         node: the proposer's id.
         timeline: the timeline it writes (rule 7).
+        deposed: set once it restarts after having led (another proposer's higher term, or
+            a stall): a compute must not trust its own state past that point (rule 8).
     """
 
     def __init__(
@@ -148,6 +169,7 @@ class Proposer:
         addresses: dict[str, tuple[str, int]],
         rng: random.Random,
         timeline: str = "main",
+        lead_once: bool = False,
     ) -> None:
         self.core = core
         self.node = core.node
@@ -155,15 +177,19 @@ class Proposer:
         self._open = encode(OpenTimeline(proposer=core.node, timeline=timeline, wal_start=core.wal_start))
         self._addresses = addresses
         self._rng = rng
-        self._inbox_send, self._inbox = trio.open_memory_channel[_Connected | Received | Lost | _Append](INBOX_EVENTS)
+        self._inbox_send, self._inbox = trio.open_memory_channel[_Connected | Received | Lost | PendingAppend](INBOX_EVENTS)
         self._conns: dict[str, _Connection] = {}
         self._generation = 0
         self._reconnect_at = -math.inf  # trio time before which no connection opens (rule 4)
         self._timers: dict[str, float] = {}  # timer name -> trio deadline
-        self._pending: collections.deque[tuple[int, _Append]] = collections.deque()  # taken, by end LSN
-        self._waiting: collections.deque[_Append] = collections.deque()  # waiting for room (rule 5)
+        self._pending: collections.deque[tuple[int, PendingAppend]] = collections.deque()  # taken, by end LSN
+        self._waiting: collections.deque[PendingAppend] = collections.deque()  # waiting for room (rule 5)
         self._leader = trio.Event()
         self._stopped = False
+        self._lead_once = lead_once
+        self._led = False
+        self.deposed = trio.Event()
+        self._commit_moved = trio.Event()
 
     # -----------------------------------------------------------------------------------
     # The client API
@@ -185,26 +211,41 @@ class Proposer:
         Cancelling the call does not withdraw the record: once written it is streamed and
         may be committed all the same.
         """
+        return await (await self.submit(record)).result()
+
+    async def submit(self, record: bytes) -> PendingAppend:
+        """Hand `record` to the proposer without waiting for its commit (rule 5).
+
+        Records enter the WAL in the order of the `submit` calls that returned, so a caller
+        that submits one after another pipelines them, and a record committed implies every
+        record submitted before it is.  `PendingAppend.result` tells each one's fate.
+
+        Raises:
+            NotLeader: the proposer has stopped.
+            ValueError: an empty record.
+        """
         if not record:
             raise ValueError("an empty record")
         if self._stopped:
             raise NotLeader(f"proposer {self.node} has stopped")
-        op = _Append(record)
+        op = PendingAppend(record)
         try:
             await self._inbox_send.send(op)
         except trio.ClosedResourceError:  # it stopped while we waited for the inbox
             raise NotLeader(f"proposer {self.node} has stopped") from None
-        await op.done.wait()
-        if op.error is not None:
-            raise op.error
-        assert op.end_lsn is not None
-        return op.end_lsn
+        return op
 
     async def wait_leader(self) -> int:
         """Wait until this proposer leads; returns its term."""
         while self.core.phase != "leader":
             await self._leader.wait()
         return self.core.term
+
+    async def wait_committed(self, lsn: int) -> None:
+        """Wait until this proposer's commit_lsn reaches `lsn` (a new leader's is its WAL
+        start until a quorum has flushed its WAL in its term)."""
+        while self.core.commit_lsn < lsn:
+            await self._commit_moved.wait()
 
     # -----------------------------------------------------------------------------------
     # The driver (rules 1 and 2)
@@ -220,7 +261,7 @@ class Proposer:
             while event is not None:
                 event = self._handle(event)
 
-    def _handle(self, event: _Connected | Received | Lost | _Append) -> _Connected | Received | Lost | _Append | None:
+    def _handle(self, event: _Connected | Received | Lost | PendingAppend) -> _Connected | Received | Lost | PendingAppend | None:
         """Handle one inbox event; an append takes those queued behind it along (rule 5).
 
         Returns:
@@ -234,14 +275,14 @@ class Proposer:
                 self._connected(conn)
             case Lost(conn=conn, reason=reason):
                 self._drop(conn, reason)
-            case _Append():
+            case PendingAppend():
                 batch = [event]
                 while True:
                     try:
                         event = self._inbox.receive_nowait()
                     except trio.WouldBlock:
                         event = None
-                    if not isinstance(event, _Append):
+                    if not isinstance(event, PendingAppend):
                         break
                     batch.append(event)
                 self._admit(batch)
@@ -252,6 +293,7 @@ class Proposer:
         """Run a core call's effects, then note whether it leads now."""
         self._run(effects)
         if self.core.phase == "leader":
+            self._led = True
             self._leader.set()
         elif self._leader.is_set():
             self._leader = trio.Event()
@@ -295,7 +337,7 @@ class Proposer:
                 del self._timers[name]
                 self._apply(self.core.on_timer(name))
 
-    def _admit(self, ops: list[_Append]) -> None:
+    def _admit(self, ops: list[PendingAppend]) -> None:
         """Take `ops` into the WAL, behind others waiting for room, as room allows (rule 5)."""
         if self.core.phase != "leader":
             for op in ops:
@@ -312,7 +354,7 @@ class Proposer:
             return
         uncommitted = self.core.wal_end - self.core.commit_lsn
         window = self.core.config.window
-        batch: list[_Append] = []
+        batch: list[PendingAppend] = []
         while self._waiting and (
             uncommitted == 0 or uncommitted + len(self._waiting[0].record) <= window
         ):
@@ -326,6 +368,7 @@ class Proposer:
         op_end = end - len(record)
         for op in batch:  # each append learns its own record's end
             op_end += len(op.record)
+            op.record = b""  # the core holds it now
             self._pending.append((op_end, op))
         self._apply(effects)
 
@@ -359,6 +402,8 @@ class Proposer:
             self._drop(conn, f"outbox full ({OUTBOX_FRAMES} frames): the acceptor is not reading")
 
     def _committed(self, commit_lsn: int) -> None:
+        self._commit_moved.set()
+        self._commit_moved = trio.Event()
         while self._pending and self._pending[0][0] <= commit_lsn:
             end, op = self._pending.popleft()
             op.succeed(end)
@@ -373,6 +418,10 @@ class Proposer:
         self._generation += 1
         # Jitter on the backoff, so that competing proposers stop deposing each other.
         self._reconnect_at = trio.current_time() + backoff * self._rng.uniform(1, 1.5) / 1000
+        if self._led:
+            self.deposed.set()
+            if self._lead_once:  # rule 8: never campaign again
+                self._reconnect_at = math.inf
 
     def _fail_appends(self, why: str) -> None:
         while self._pending:
@@ -429,7 +478,7 @@ class Proposer:
                 event = self._inbox.receive_nowait()
             except trio.EndOfChannel:  # empty, and closed above
                 return
-            if isinstance(event, _Append):
+            if isinstance(event, PendingAppend):
                 event.fail(NotLeader(f"proposer {self.node} has stopped"))
 
 
@@ -442,6 +491,7 @@ async def serve_proposer(
     *,
     timeline: str = "main",
     seed: int | None = None,
+    lead_once: bool = False,
     task_status: trio.TaskStatus[Proposer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run proposer `node` of timeline `timeline` against `acceptors` until cancelled.
@@ -457,6 +507,7 @@ async def serve_proposer(
             the same timeline.
         timeline: the timeline it writes (rule 7); acceptors create it if they hold none.
         seed: seeds the jitter of timers and backoffs (None: from the OS).
+        lead_once: stop campaigning for good once deposed (rule 8; a compute's).
         task_status: `started(proposer)` once it runs (use with `nursery.start`); it then
             greets every acceptor and campaigns, see `Proposer.wait_leader`.
 
@@ -473,7 +524,7 @@ async def serve_proposer(
     with contextlib.ExitStack() as stack:
         tracer = None if trace_path is None else open_trace(node, wal_start, Path(trace_path), stack)
         core = ProposerCore(node, tuple(acceptors), wal_start, config, tracer)
-        proposer = Proposer(core, dict(acceptors), random.Random(seed), timeline)
+        proposer = Proposer(core, dict(acceptors), random.Random(seed), timeline, lead_once)
         try:
             async with trio.open_nursery() as nursery:
                 proposer._apply(core.start())

@@ -16,7 +16,6 @@ pageserver's handling emits no trace event, so the traces stay a behaviour of th
 from __future__ import annotations
 
 import functools
-import json
 import shutil
 import signal
 import subprocess
@@ -29,17 +28,16 @@ import pytest
 import trio
 
 from conformance.corpus import find_runs
-from conformance.replay import check_run
-from impl.acceptor_server import STREAM_CHUNK, STREAM_FRAMES, AcceptorServer, serve_acceptor
+from impl.acceptor_server import STREAM_CHUNK, STREAM_FRAMES
 from impl.cluster import PAGESERVER, Cluster
 from impl.offload import OffloadConfig
 from impl.pagewal import PAGE_SIZE, RecordBuilder, encode_record
-from impl.pageserver import PageClient, Pageserver, PageserverConfig, serve_pageserver
+from impl.pageserver import PageClient, serve_pageserver
 from impl.proposer_client import Proposer, ProposerConfig, serve_proposer
-from impl.remote import LocalFs, RemoteStorage
+from impl.remote import RemoteStorage
 from impl.remote_timeline import RemoteRepository
 from impl.timeline import TimelineConfig
-from impl.walreceiver import ReceiverConfig, choose_acceptor
+from impl.walreceiver import choose_acceptor
 from impl.wire import (
     BranchCreate,
     BranchCreated,
@@ -64,9 +62,10 @@ from impl.wire import (
     encode,
 )
 
+from local_cluster import ACCEPTORS, DEADLINE, FAST, Local, assert_traces_accepted, run_local, wait_for
+
 REPO = Path(__file__).resolve().parent.parent
 COMMAND_TIMEOUT = 120
-DEADLINE = 90  # seconds one trio run may take
 
 
 def paxwal(*args: str) -> subprocess.CompletedProcess[str]:
@@ -120,11 +119,6 @@ async def assert_pages(client: PageClient, timeline: str, lsn: int, state: dict[
         assert reply.image == expected, (timeline, number, lsn)
     size = await client.request(DbSize(timeline=timeline, lsn=lsn))
     assert size == DbSizeData(lsn=lsn, db_size=len(state))
-
-
-def assert_traces_accepted(run_dir: Path) -> None:
-    result = check_run([run_dir])
-    assert result.verdict == "accepted", result.divergence.report() if result.divergence else result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,94 +265,6 @@ def test_a_pageserver_killed_with_its_directory_lost_serves_the_same_pages_again
 # Everything in one trio run
 # ---------------------------------------------------------------------------------------------
 
-ACCEPTORS = ("a1", "a2", "a3")
-
-
-class Local:
-    """Acceptors, a proposer and a pageserver in one nursery, each stoppable on its own."""
-
-    def __init__(self, nursery: trio.Nursery, tmp: Path, store: RemoteStorage | None = None) -> None:
-        self.nursery = nursery
-        self.tmp = tmp
-        self.run_dir = tmp / "run"
-        self.run_dir.mkdir()
-        self.store = store if store is not None else LocalFs(tmp / "remote")
-        self.ports: dict[str, int] = {}
-        self.acceptors: dict[str, AcceptorServer] = {}
-        self.scopes: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
-        self.acceptor_options: dict[str, object] = {}
-
-    async def _start(self, name: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
-        scope, stopped = trio.CancelScope(), trio.Event()
-        self.scopes[name] = (scope, stopped)
-
-        async def run(task_status: trio.TaskStatus[object]) -> None:
-            try:
-                with scope:
-                    await fn(*args, **kwargs, task_status=task_status)
-            finally:
-                stopped.set()
-
-        return await self.nursery.start(run)
-
-    async def start_acceptor(self, name: str) -> AcceptorServer:
-        server = await self._start(name, serve_acceptor, name, self.tmp / name, "127.0.0.1", self.ports.get(name, 0),
-                                   self.run_dir, remote=self.store, remote_prefix="timelines",
-                                   **self.acceptor_options)
-        self.ports[name] = server.port
-        self.acceptors[name] = server
-        return server
-
-    async def stop(self, name: str) -> None:
-        scope, stopped = self.scopes.pop(name)
-        scope.cancel()
-        await stopped.wait()
-
-    async def start_proposer(self) -> Proposer:
-        addresses = {a: ("127.0.0.1", self.ports[a]) for a in ACCEPTORS}
-        (self.run_dir / "main").mkdir(exist_ok=True)
-        return await self._start("c1", serve_proposer, "c1", addresses, trace_path=self.run_dir / "main" / "c1.ndjson")
-
-    async def start_pageserver(self, config: PageserverConfig, name: str = "pageserver") -> Pageserver:
-        return await self._start(name, serve_pageserver, self.tmp / name, dict(self.ports), remote=self.store,
-                                 config=config)
-
-    def check_traces(self) -> None:
-        cluster = {"proposers": ["c1"], "acceptors": list(ACCEPTORS), "wal_start": 0}
-        (self.run_dir / "main" / "run.json").write_text(json.dumps({"cluster": cluster}) + "\n")
-        assert_traces_accepted(self.run_dir / "main")
-
-
-FAST = PageserverConfig(
-    receiver=ReceiverConfig(status_interval=0.1, silence_timeout=1.0, retry_first=0.2, retry_max=1.0,
-                            feedback_interval=0.1),
-    timelines=TimelineConfig(pitr_bytes=0, pitr_seconds=0),
-    freeze_interval=0.2, sync_interval=0.3, compaction_interval=1.0, gc_interval=0, wait_lsn_timeout=1.0,
-)
-
-
-def run_local(tmp_path: Path, body, store: RemoteStorage | None = None,  # type: ignore[no-untyped-def]
-              **acceptor_options: object) -> Local:
-    locals_: list[Local] = []
-
-    async def main() -> None:
-        with trio.fail_after(DEADLINE):
-            async with trio.open_nursery() as nursery:
-                local = Local(nursery, tmp_path, store)
-                locals_.append(local)
-                local.acceptor_options = acceptor_options
-                for a in ACCEPTORS:
-                    await local.start_acceptor(a)
-                try:
-                    await body(local)
-                finally:
-                    for name in list(local.scopes):
-                        await local.stop(name)
-
-    trio.run(main)
-    return locals_[0]
-
-
 def test_errors_are_clean_replies_and_a_bad_frame_closes_only_its_connection(tmp_path: Path) -> None:
     async def body(local: Local) -> None:
         proposer = await local.start_proposer()
@@ -405,12 +311,6 @@ def test_errors_are_clean_replies_and_a_bad_frame_closes_only_its_connection(tmp
 
     local = run_local(tmp_path, body)
     local.check_traces()
-
-
-async def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.05)
 
 
 def test_restart_from_object_storage_alone_serves_the_same_pages(tmp_path: Path, store: RemoteStorage) -> None:
