@@ -40,12 +40,10 @@ from pathlib import Path
 import attrs
 
 from conformance.replay import check_run
-from impl.cluster import Cluster, ClusterConfig
+from impl.cluster import LOAD_NODE, Cluster, ClusterConfig
 from impl.load import read_history, verify_history
 
 __all__ = ["ChaosOptions", "ChaosReport", "run_chaos"]
-
-LOAD_NODE = "p1"
 
 
 @attrs.frozen

@@ -40,6 +40,11 @@ Rules:
    one unless created with `pageserver=False` (`cluster up --no-pageserver`); everything
    written to the WAL must then be page WAL records (impl/pagewal.py), as `paxwal load`
    writes them.
+6. Computes (impl/compute.py) are processes too, named by the user, each with its record in
+   DIR/computes/<name>.json (branch, mode, port), pid file and log; a primary's proposer is
+   named in its branch's run.json before it starts, so its trace is checked.  `down` stops
+   them first.  Every compute's Postgres port takes user `paxwal`, database `paxwal` and the
+   cluster's `compute_password`.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -65,12 +71,12 @@ from impl.wire import (
     encode,
 )
 
-__all__ = ["Cluster", "ClusterConfig", "ClusterError", "NodeStatus", "DEFAULT_DIR", "PAGESERVER"]
+__all__ = ["Cluster", "ClusterConfig", "ClusterError", "ComputeRecord", "NodeStatus", "DEFAULT_DIR", "PAGESERVER"]
 
 # Where commands look for the cluster without --dir (DESIGN §9).
 DEFAULT_DIR = Path(".paxwal")
 CONFIG_FILE = "cluster.json"
-CONFIG_VERSION = 2  # 2: acceptors keep one directory, trace and key prefix per timeline
+CONFIG_VERSION = 3  # 2: acceptors keep one directory, trace and key prefix per timeline; 3: computes
 
 # How long `up` waits for a node to listen, and `down` for a node to exit after SIGTERM
 # before it is killed.
@@ -80,6 +86,14 @@ STOP_TIMEOUT = 10.0
 STATUS_TIMEOUT = 2.0
 # The pageserver's node name (pid file, log, data directory).
 PAGESERVER = "pageserver"
+# The load process's node name (impl/chaos.py), which no compute may take.
+LOAD_NODE = "p1"
+# The account of every compute's Postgres port; the password is the cluster's.
+COMPUTE_USER = "paxwal"
+COMPUTE_DATABASE = "paxwal"
+COMPUTES_DIR = "computes"
+# How long `compute start` waits: an election, then the pageserver catching up.
+COMPUTE_START_TIMEOUT = 90.0
 # The log lines quoted when a node fails to start.
 LOG_TAIL_LINES = 5
 
@@ -102,6 +116,8 @@ class ClusterConfig:
             ``<remote_prefix>/<T>`` (so main's keys are those of the one-timeline layout).
         pageserver_port: the pageserver's page service port on 127.0.0.1, or None for none.
         pageserver_prefix: the key prefix of the pageserver's objects in the same store.
+        compute_password: the password of the computes' Postgres port (user and database
+            `paxwal`), made at random when the cluster is created.
     """
 
     acceptors: dict[str, int]
@@ -111,6 +127,7 @@ class ClusterConfig:
     remote_prefix: str = "timelines"
     pageserver_port: int | None = None
     pageserver_prefix: str = "pageserver"
+    compute_password: str = attrs.field(default="", repr=False)
 
     def to_json(self) -> str:
         return json.dumps({"version": CONFIG_VERSION, **attrs.asdict(self)}, indent=1) + "\n"
@@ -119,8 +136,9 @@ class ClusterConfig:
     def from_json(cls, text: str, where: Path) -> ClusterConfig:
         try:
             data = json.loads(text)
-            if data.pop("version") != CONFIG_VERSION:
-                raise ValueError(f"version {data!r} is not {CONFIG_VERSION}")
+            version = data.pop("version")
+            if version != CONFIG_VERSION:
+                raise ValueError(f"version {version!r}, not {CONFIG_VERSION} (made by another paxwal: use a new DIR)")
             acceptors = data.pop("acceptors")
             if not acceptors or not all(isinstance(p, int) and 0 < p < 65536 for p in acceptors.values()):
                 raise ValueError("acceptors must map ids to TCP ports")
@@ -207,8 +225,9 @@ class Cluster:
         names = [f"a{i}" for i in range(1, acceptors + 1)]
         ports = free_ports(acceptors + 1)
         config = ClusterConfig(dict(zip(names, ports)), wal_start, segment_size, remote,
-                               pageserver_port=ports[-1] if pageserver else None)
-        for sub in ("logs", "pids", "run"):
+                               pageserver_port=ports[-1] if pageserver else None,
+                               compute_password=secrets.token_urlsafe(12))
+        for sub in ("logs", "pids", "run", COMPUTES_DIR):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         _write_atomically(self.config_file, config.to_json())
         self._write_run_json(config, proposers=[])
@@ -390,9 +409,67 @@ class Cluster:
         return config, started
 
     def down(self) -> dict[str, str]:
-        """Stop every node; returns node -> how it went."""
+        """Stop every compute, then every node; returns node -> how it went."""
         config = self.load()
-        return {node: self.stop(node) for node in reversed(self.nodes(config))}
+        stopped = {record.name: self.stop(record.name) for record in self.computes() if self.pid(record.name) is not None}
+        return stopped | {node: self.stop(node) for node in reversed(self.nodes(config))}
+
+    # -- computes (rule 6) ----------------------------------------------------------------
+
+    def compute_file(self, name: str) -> Path:
+        return self.dir / COMPUTES_DIR / f"{name}.json"
+
+    def computes(self) -> list[ComputeRecord]:
+        """Every compute ever started in this cluster, by name."""
+        directory = self.dir / COMPUTES_DIR
+        paths = sorted(directory.glob("*.json")) if directory.is_dir() else []
+        return [ComputeRecord.from_json(path.read_text(), path) for path in paths]
+
+    def compute_command(self, record: ComputeRecord) -> list[str]:
+        return [
+            sys.executable, "-m", "impl.cli", "compute", "run", "--dir", str(self.dir), "--name", record.name,
+            "--branch", record.branch, "--port", str(record.port), "--wal-start", str(record.wal_start),
+            *([] if record.lsn is None else ["--lsn", str(record.lsn)]),
+        ]
+
+    def start_compute(self, name: str, branch: str, *, port: int | None = None, lsn: int | None = None,
+                      wal_start: int) -> ComputeRecord:
+        """Start compute `name` on `branch` (static at `lsn` if given) and wait until it
+        accepts connections (rule 6).  `wal_start`: where the branch's WAL starts.
+
+        Raises:
+            ClusterError: a bad or taken name, or the compute exited or did not listen in
+                time (with its log's last lines).
+        """
+        config = self.load()
+        check_timeline_id(name)
+        if name in self.nodes(config) or name == LOAD_NODE:
+            raise ClusterError(f"{name!r} names a node of the cluster; choose another compute name")
+        if self.pid(name) is not None:
+            raise ClusterError(f"compute {name} is running already (pid {self.pid(name)})")
+        record = ComputeRecord(name, branch, "primary" if lsn is None else "static", lsn,
+                               port if port is not None else free_ports(1)[0], wal_start)
+        (self.dir / COMPUTES_DIR).mkdir(exist_ok=True)
+        _write_atomically(self.compute_file(name), record.to_json())
+        if lsn is None:
+            self.add_proposer(name, branch, wal_start)
+        proc = self.spawn(name, self.compute_command(record))
+        deadline = time.monotonic() + COMPUTE_START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                raise ClusterError(f"compute {name} exited with status {proc.returncode} while starting:"
+                                   f" {self.log_tail(name)}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", record.port), timeout=1):
+                return record
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise ClusterError(f"compute {name} did not listen on port {record.port} within"
+                                   f" {COMPUTE_START_TIMEOUT:.0f} s: {self.log_tail(name)}")
+            time.sleep(0.02)
+
+    def compute_uri(self, record: ComputeRecord) -> str:
+        """The compute's connection URI, for psql."""
+        return f"postgresql://{COMPUTE_USER}:{self.load().compute_password}@127.0.0.1:{record.port}/{COMPUTE_DATABASE}"
 
     def status(self, timeline: str = "main") -> list[NodeStatus]:
         """Each acceptor's process and state of `timeline` (rule 4)."""
@@ -431,6 +508,37 @@ def _request(port: int, msg: object) -> object:
     from impl.pageserver import page_request
 
     return page_request(port, msg, STATUS_TIMEOUT)  # type: ignore[arg-type]
+
+
+@attrs.frozen
+class ComputeRecord:
+    """What DIR/computes/<name>.json holds: how compute `name` was started (rule 6).
+
+    Attributes:
+        name: the compute's (and its proposer's) id.
+        branch: the timeline it serves.
+        mode: "primary" or "static".
+        lsn: a static compute's LSN, else None.
+        port: its Postgres port on 127.0.0.1.
+        wal_start: where the branch's WAL starts.
+    """
+
+    name: str
+    branch: str
+    mode: str
+    lsn: int | None
+    port: int
+    wal_start: int
+
+    def to_json(self) -> str:
+        return json.dumps(attrs.asdict(self)) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: Path) -> ComputeRecord:
+        try:
+            return cls(**json.loads(text))
+        except (ValueError, TypeError) as exc:
+            raise ClusterError(f"{where} is not a compute record: {exc}") from None
 
 
 def _is_node_process(cmdline: list[bytes], node: str, directory: Path) -> bool:

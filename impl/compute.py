@@ -363,6 +363,7 @@ async def serve_compute(config: ComputeConfig, task_status: trio.TaskStatus[Comp
         vfs = PageVfs(source, None if read_only else _Sink(compute), read_only=read_only,
                       cache_pages=config.cache_pages)
         connection = await trio.to_thread.run_sync(vfs.connect, config.database)
+        connection.create_scalar_function("paxwal_term", lambda: compute.term, 0)
         database = Database(connection, current_lsn=lambda: compute.lsn)
         reason = None if not read_only else (f"compute {config.name} is a static snapshot of {config.timeline} at"
                                              f" {format_lsn(compute.start_lsn)}: it takes no writes")

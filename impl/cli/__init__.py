@@ -22,13 +22,13 @@ from typing import Any
 
 from conformance.mutants import MutantError
 from conformance.tlc import TlcSetupError
-from impl.cli import acceptor, bench, check, cluster, coverage, mutants, pageserver, sim, tlc
+from impl.cli import acceptor, bench, check, cluster, compute, coverage, mutants, pageserver, sim, tlc
 from impl.cli.common import SPEC_DIR_ENV, CliError, Parser
 
 __all__ = ["CliError", "build_parser", "main"]
 
 # The command groups, in the order `paxwal --help` lists them.
-GROUPS = (tlc, sim, check, mutants, coverage, bench, acceptor, cluster, pageserver)
+GROUPS = (tlc, sim, check, mutants, coverage, bench, acceptor, cluster, pageserver, compute)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,181 @@
+"""`paxwal compute start|stop|list|run`: SQL computes on a running cluster (impl/compute.py)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from impl.cli.common import CliError, cluster_dir_argument
+from impl.cli.pageserver import parse_lsn
+
+# A compute that stops because it lost its term or a commit (impl/compute.py rule 5).
+EXIT_FENCED = 3
+
+
+def _cluster(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from impl.cluster import Cluster, ClusterError
+
+    cluster = Cluster(args.dir)
+    try:
+        return cluster, cluster.load()
+    except ClusterError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _branch_start(cluster, config, branch: str) -> int:  # type: ignore[no-untyped-def]
+    """Where `branch`'s WAL starts: the cluster's for main, else its branch LSN."""
+    if branch == "main":
+        return config.wal_start
+    status = cluster.pageserver_status(branch)
+    if isinstance(status, str) or status is None:
+        raise CliError(f"cannot learn where branch {branch} starts: the pageserver is {status or 'absent'}")
+    if not status.ancestor:
+        raise CliError(f"{branch} is not a branch of another timeline")
+    return status.ancestor_lsn
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    from impl.cluster import ClusterError
+    from impl.wire import PageserverError, format_lsn
+
+    cluster, config = _cluster(args)
+    if config.pageserver_port is None:
+        raise CliError(f"the cluster in {args.dir} has no pageserver: computes read their pages from it")
+    taken = {record.name for record in cluster.computes()}
+    name = args.name or next(f"c{i}" for i in range(1, 10**6) if f"c{i}" not in taken)
+    try:
+        wal_start = _branch_start(cluster, config, args.branch)
+        record = cluster.start_compute(name, args.branch, port=args.port, lsn=args.lsn, wal_start=wal_start)
+    except (ClusterError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    except PageserverError as exc:  # pragma: no cover - pageserver_status returns them as text
+        raise CliError(str(exc)) from None
+    at = "" if record.lsn is None else f" at {format_lsn(record.lsn)}"
+    print(f"compute {name} on {record.branch} ({record.mode}{at}) listening on 127.0.0.1:{record.port};"
+          f" log {cluster.log_file(name)}")
+    print(cluster.compute_uri(record))
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    cluster, _ = _cluster(args)
+    if not cluster.compute_file(args.name).exists():
+        raise CliError(f"no compute {args.name} in {args.dir} (`paxwal compute list`)")
+    if args.kill:
+        how = "killed (SIGKILL)" if cluster.signal(args.name, signal.SIGKILL) else "not running"
+        cluster.pid_file(args.name).unlink(missing_ok=True)
+    else:
+        how = cluster.stop(args.name)
+    print(f"compute {args.name}: {how}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from impl.cluster import COMPUTE_DATABASE, COMPUTE_USER
+    from impl.pgclient import PgConnection, PgError
+
+    cluster, config = _cluster(args)
+    print(f"{'name':<10} {'branch':<10} {'mode':<8} {'port':<6} {'pid':<8} {'term':<5} lsn")
+    for record in cluster.computes():
+        pid = cluster.pid(record.name)
+        term, lsn = "-", "not running"
+        if pid is not None:
+            try:
+                with PgConnection(record.port, COMPUTE_USER, config.compute_password, COMPUTE_DATABASE,
+                                  timeout=5) as pg:
+                    (row,) = pg.query("SELECT paxwal_term(), pg_current_wal_lsn()")
+                    term, lsn = str(row[0]), str(row[1])
+            except PgError as exc:
+                lsn = f"not answering: {exc}"
+        print(f"{record.name:<10} {record.branch:<10} {record.mode:<8} {record.port:<6} {pid or '-':<8} {term:<5} {lsn}")
+    return 0
+
+
+async def _serve_until_signalled(args: argparse.Namespace, config) -> str | None:  # type: ignore[no-untyped-def]
+    import trio
+
+    from impl.cluster import COMPUTE_DATABASE, COMPUTE_USER
+    from impl.compute import ComputeConfig, ComputeError, serve_compute
+
+    compute_config = ComputeConfig(
+        name=args.name, timeline=args.branch, wal_start=args.wal_start, acceptors=dict(config.acceptors),
+        pageserver_port=config.pageserver_port, port=args.port, user=COMPUTE_USER, password=config.compute_password,
+        database=COMPUTE_DATABASE, lsn=args.lsn,
+        trace_path=None if args.lsn is not None else args.dir / "run" / args.branch / f"{args.name}.ndjson",
+    )
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                compute = await nursery.start(serve_compute, compute_config)
+            except (ComputeError, trio.TooSlowError, OSError) as exc:
+                return f"compute {args.name} cannot start: {type(exc).__name__}: {exc}"
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    logging.getLogger("paxwal.compute").info("stopping on %s", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_signal)
+        if compute.fenced is not None:
+            return f"compute {args.name} stopped: {compute.fenced}"
+    return None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
+    _, config = _cluster(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    failure = trio.run(_serve_until_signalled, args, config)
+    if failure is not None:
+        print(f"paxwal: {failure}", file=sys.stderr)
+        return EXIT_FENCED
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    compute = commands.add_parser(
+        "compute", help="start, stop and list SQL computes (Postgres protocol) on the cluster",
+        description="A compute is a stateless SQL database: SQLite on pages from the pageserver, each commit a"
+                    " record in the replicated WAL, served over the Postgres protocol on 127.0.0.1 (user and"
+                    " database paxwal, the cluster's password). Kill one; start another on the same branch and it"
+                    " carries on at the same LSN with every acknowledged commit.")
+    sub = compute.add_subparsers(dest="compute_command", required=True, metavar="SUBCOMMAND")
+
+    start = sub.add_parser("start", help="start a compute and print its connection URI (the last line)",
+                           description="Start a compute on branch B as its own process and wait until it accepts"
+                                       " connections: a primary wins a term on the branch (deposing any other"
+                                       " primary) and waits until the pageserver reaches its start LSN; with"
+                                       " --lsn, a static read-only snapshot. The last line printed is its URI.")
+    cluster_dir_argument(start)
+    start.add_argument("--branch", default="main", metavar="B", help="the branch (timeline) to serve (default main)")
+    start.add_argument("--name", metavar="N", help="its name (default: the first free c1, c2, ...)")
+    start.add_argument("--port", type=int, metavar="P", help="its Postgres port (default: a free one)")
+    start.add_argument("--lsn", type=parse_lsn, metavar="LSN", help="a static compute reading B at LSN (X/Y or decimal)")
+    start.set_defaults(handler=_cmd_start)
+
+    stop = sub.add_parser("stop", help="stop a compute (SIGTERM; --kill: SIGKILL, as a crash)",
+                          description="Stop compute N: SIGTERM, or SIGKILL with --kill.")
+    stop.add_argument("name", metavar="N")
+    stop.add_argument("--kill", action="store_true", help="kill -9: no goodbye to clients or acceptors")
+    cluster_dir_argument(stop)
+    stop.set_defaults(handler=_cmd_stop)
+
+    listing = sub.add_parser("list", help="every compute: branch, mode, port, term, LSN",
+                             description="List every compute started in the cluster, asking each running one for"
+                                         " its term and pg_current_wal_lsn().")
+    cluster_dir_argument(listing)
+    listing.set_defaults(handler=_cmd_list)
+
+    run = sub.add_parser("run", help="run a compute in this process (what `compute start` spawns)",
+                         description="Run compute N of the cluster in DIR in this process until SIGTERM or SIGINT."
+                                     " Exit 3 with one line if it stops because it lost its term or a commit.")
+    cluster_dir_argument(run)
+    run.add_argument("--name", required=True, metavar="N")
+    run.add_argument("--branch", default="main", metavar="B")
+    run.add_argument("--port", type=int, required=True, metavar="P")
+    run.add_argument("--wal-start", type=int, required=True, metavar="LSN", help="where B's WAL starts")
+    run.add_argument("--lsn", type=parse_lsn, metavar="LSN", help="static at LSN")
+    run.set_defaults(handler=_cmd_run)
