@@ -38,7 +38,7 @@ def _branch_start(cluster, config, branch: str) -> int:  # type: ignore[no-untyp
 
 def _cmd_start(args: argparse.Namespace) -> int:
     from impl.cluster import ClusterError
-    from impl.wire import PageserverError, format_lsn
+    from impl.wire import format_lsn
 
     cluster, config = _cluster(args)
     if config.pageserver_port is None:
@@ -49,8 +49,6 @@ def _cmd_start(args: argparse.Namespace) -> int:
         wal_start = _branch_start(cluster, config, args.branch)
         record = cluster.start_compute(name, args.branch, port=args.port, lsn=args.lsn, wal_start=wal_start)
     except (ClusterError, ValueError) as exc:
-        raise CliError(str(exc)) from None
-    except PageserverError as exc:  # pragma: no cover - pageserver_status returns them as text
         raise CliError(str(exc)) from None
     at = "" if record.lsn is None else f" at {format_lsn(record.lsn)}"
     print(f"compute {name} on {record.branch} ({record.mode}{at}) listening on 127.0.0.1:{record.port};"
@@ -107,8 +105,12 @@ async def _serve_until_signalled(args: argparse.Namespace, config) -> str | None
     )
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
+            async def run_compute(task_status: trio.TaskStatus[object]) -> None:
+                await serve_compute(compute_config, task_status=task_status)
+                nursery.cancel_scope.cancel()  # it stopped by itself: fenced (impl/compute.py rule 5)
+
             try:
-                compute = await nursery.start(serve_compute, compute_config)
+                compute = await nursery.start(run_compute)
             except (ComputeError, trio.TooSlowError, OSError) as exc:
                 return f"compute {args.name} cannot start: {type(exc).__name__}: {exc}"
 
