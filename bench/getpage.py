@@ -43,7 +43,8 @@ import trio
 
 from bench.cluster import run_trio
 from impl.pagewal import PAGE_SIZE, PageDelta, PageImage, PageRecord, redo
-from impl.pageserver import PageClient, PageserverConfig, serve_pageserver
+from impl.pageclient import PageClient
+from impl.pageserver import PageserverConfig, serve_pageserver
 from impl.timeline import Repository
 from impl.wire import GetPage, PageImageData
 

@@ -505,7 +505,7 @@ class Cluster:
 
 
 def _request(port: int, msg: object) -> object:
-    from impl.pageserver import page_request
+    from impl.pageclient import page_request
 
     return page_request(port, msg, STATUS_TIMEOUT)  # type: ignore[arg-type]
 

@@ -57,7 +57,7 @@ import attrs
 import trio
 
 from impl.pagevfs import DEFAULT_CACHE_PAGES, PageVfs
-from impl.pageserver import PageClient
+from impl.pageclient import PageClient
 from impl.pagewal import RecordBuilder, encode_record
 from impl.pgserver import ThreadedSession, serve_pg
 from impl.pgwire import Startup

@@ -12,7 +12,7 @@ from pathlib import Path
 import trio
 
 from impl.compute import Compute
-from impl.pageserver import PageClient
+from impl.pageclient import PageClient
 from impl.proposer_client import ProposerConfig
 from impl.wire import BranchCreate, BranchCreated, format_lsn
 from local_cluster import COMPUTE_PASSWORD, FAST, Local, run_local, wait_for

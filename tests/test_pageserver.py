@@ -32,7 +32,8 @@ from impl.acceptor_server import STREAM_CHUNK, STREAM_FRAMES
 from impl.cluster import PAGESERVER, Cluster
 from impl.offload import OffloadConfig
 from impl.pagewal import PAGE_SIZE, RecordBuilder, encode_record
-from impl.pageserver import PageClient, serve_pageserver
+from impl.pageclient import PageClient
+from impl.pageserver import serve_pageserver
 from impl.proposer_client import Proposer, ProposerConfig, serve_proposer
 from impl.remote import RemoteStorage
 from impl.remote_timeline import RemoteRepository

@@ -93,7 +93,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _request(args: argparse.Namespace, msg: object) -> object:
     """Send one request to the cluster's pageserver; a refusal becomes a CliError."""
     from impl.cluster import Cluster, ClusterError
-    from impl.pageserver import page_request
+    from impl.pageclient import page_request
     from impl.wire import PageserverError, ProtocolError
 
     cluster = Cluster(args.dir)
