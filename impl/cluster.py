@@ -364,6 +364,13 @@ class Cluster:
             os.kill(pid, signum)
         return True
 
+    def kill(self, node: str) -> bool:
+        """kill -9 node's process, as a crash, and forget its pid file; False if it was not
+        running."""
+        killed = self.signal(node, signal.SIGKILL)
+        self.pid_file(node).unlink(missing_ok=True)
+        return killed
+
     def stop(self, node: str, timeout: float = STOP_TIMEOUT) -> str:
         """Stop node's process: SIGTERM (and SIGCONT, in case it is paused), then SIGKILL
         after `timeout`.  Returns how it went, for the user."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -124,12 +123,10 @@ def _walk(demo: Demo) -> None:
     demo.check(lsn_c1 is not None and lsn_c1 != before, f"c1 is at {lsn_c1}")
 
     demo.step("kill -9 c1: no goodbye to its clients or to the acceptors")
-    pid = Cluster(demo.dir).pid("c1")
-    if not demo.check(pid is not None, "c1 runs"):
-        return
-    demo.say(f"  $ kill -9 {pid}")
+    cluster = Cluster(demo.dir)
+    demo.say(f"  $ kill -9 {cluster.pid('c1')}")
     killed_at = time.monotonic()
-    os.kill(pid, signal.SIGKILL)
+    demo.check(cluster.kill("c1"), "c1 was running, and is killed")
 
     demo.step("Compute c2 on main: a new term, recovered from the acceptors, pages from the pageserver")
     c2 = demo.start_compute("--name", "c2")

@@ -63,8 +63,7 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     if not cluster.compute_file(args.name).exists():
         raise CliError(f"no compute {args.name} in {args.dir} (`paxwal compute list`)")
     if args.kill:
-        how = "killed (SIGKILL)" if cluster.signal(args.name, signal.SIGKILL) else "not running"
-        cluster.pid_file(args.name).unlink(missing_ok=True)
+        how = "killed (SIGKILL)" if cluster.kill(args.name) else "not running"
     else:
         how = cluster.stop(args.name)
     print(f"compute {args.name}: {how}")
