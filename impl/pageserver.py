@@ -27,7 +27,8 @@ service.  Rules:
    is logged and retried at the next interval; `Superseded` (a newer pageserver attached)
    stops syncing for good, as a zombie must.
 4. The page service speaks wire frames (impl/wire.py) on 127.0.0.1, one request at a time
-   per connection, each answered in order.  GetPage@LSN waits, bounded by
+   per connection, each answered in order (GetPage@LSN, DbSize@LSN, LsnAtTime for PITR by
+   time, branch create and list, GC, status).  GetPage@LSN waits, bounded by
    `wait_lsn_timeout` (a cancel scope), until the timeline's ingest reaches the LSN.  Every
    refusal (unknown timeline, an LSN below the GC cutoff or never arriving, a page past the
    end, a bad branch) is a `PageserverError(code, text)` reply and the connection stays
@@ -86,6 +87,8 @@ from impl.wire import (
     Gc,
     GcDone,
     GetPage,
+    LsnAtTime,
+    LsnAtTimeData,
     Message,
     PageImageData,
     PageserverError,
@@ -335,6 +338,8 @@ class Pageserver:
                 timeline = self.repo.timeline(name)
                 await self._wait_lsn(timeline, lsn)
                 return DbSizeData(lsn=lsn, db_size=await self._locked(timeline.db_size, lsn))
+            case LsnAtTime(timeline=name, time=at):
+                return LsnAtTimeData(lsn=await self._locked(self.repo.timeline(name).lsn_at, at))
             case BranchCreate(name=name, ancestor=ancestor, lsn=lsn):
                 await self._wait_lsn(self.repo.timeline(ancestor), lsn)
                 await self._locked(self.repo.create_branch, name, ancestor, lsn)

@@ -109,8 +109,9 @@ PageserverFeedback start_lsn (StreamWal); the acceptor answers with WalChunks of
                    shell answers beside the core (acceptor_server.py rule 9): it only reads
                    committed WAL, so no spec variable changes and nothing traces
 GetPage, DbSize,   not in the spec (IMPLEMENTATION_ONLY): the page service's requests
-BranchCreate,      (impl/pageserver.py) and their answers (PageImageData, DbSizeData,
-BranchList, Gc,    BranchCreated, BranchListData, GcDone, PageserverStatus); any of them
+LsnAtTime,         (impl/pageserver.py) and their answers (PageImageData, DbSizeData,
+BranchCreate,      LsnAtTimeData, BranchCreated, BranchListData, GcDone,
+BranchList, Gc,    PageserverStatus); any of them
 PageserverStatus-  may instead be answered by PageserverError(code, text).  Between a
 Request and their  client and the pageserver only; no acceptor takes them
 answers
@@ -167,6 +168,8 @@ __all__ = [
     "PageImageData",
     "DbSize",
     "DbSizeData",
+    "LsnAtTime",
+    "LsnAtTimeData",
     "BranchCreate",
     "BranchCreated",
     "BranchList",
@@ -188,7 +191,7 @@ __all__ = [
 ]
 
 # The version byte of every frame.  Bump it on any change to any message (see "Version rule").
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 # Upper bound on a frame's length prefix (the bytes after it).  It bounds the memory one
 # connection can make us buffer, and it must stay above the largest AppendRequest the proposer
@@ -700,6 +703,20 @@ class DbSizeData:
 
 
 @attrs.frozen(kw_only=True)
+class LsnAtTime:
+    """PITR by time: the newest LSN of `timeline` whose records all committed at or before
+    `time` (microseconds since the epoch).  Answer: LsnAtTimeData."""
+
+    timeline: str = _node_field()
+    time: int = _u64_field()
+
+
+@attrs.frozen(kw_only=True)
+class LsnAtTimeData:
+    lsn: int = _u64_field()
+
+
+@attrs.frozen(kw_only=True)
 class BranchCreate:
     """Create timeline `name` as a child of `ancestor` at `lsn`.  Answer: BranchCreated."""
 
@@ -790,6 +807,8 @@ Message: TypeAlias = (
     | PageImageData
     | DbSize
     | DbSizeData
+    | LsnAtTime
+    | LsnAtTimeData
     | BranchCreate
     | BranchCreated
     | BranchList
@@ -825,6 +844,8 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
             PageImageData,
             DbSize,
             DbSizeData,
+            LsnAtTime,
+            LsnAtTimeData,
             BranchCreate,
             BranchCreated,
             BranchList,
@@ -839,12 +860,16 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType(
 )
 
 # The messages the spec does not model; every other type is a spec message `type`.
-IMPLEMENTATION_ONLY: frozenset[str] = frozenset(
-    {"WalRead", "WalData", "OpenTimeline", "StatusRequest", "StatusResponse", *("StreamWal", "WalChunk", "PageserverFeedback", "GetPage", "PageImageData", "DbSize", "DbSizeData", "BranchCreate", "BranchCreated", "BranchList", "BranchListData", "Gc", "GcDone", "PageserverStatusRequest", "PageserverStatus", "PageserverError")}
-)
-
 # The messages of the pageserver (WAL streaming and page service), all IMPLEMENTATION_ONLY.
-PAGESERVER_MESSAGES: frozenset[str] = frozenset({"StreamWal", "WalChunk", "PageserverFeedback", "GetPage", "PageImageData", "DbSize", "DbSizeData", "BranchCreate", "BranchCreated", "BranchList", "BranchListData", "Gc", "GcDone", "PageserverStatusRequest", "PageserverStatus", "PageserverError"})
+PAGESERVER_MESSAGES: frozenset[str] = frozenset({
+    "StreamWal", "WalChunk", "PageserverFeedback", "GetPage", "PageImageData", "DbSize", "DbSizeData", "LsnAtTime",
+    "LsnAtTimeData", "BranchCreate", "BranchCreated", "BranchList", "BranchListData", "Gc", "GcDone",
+    "PageserverStatusRequest", "PageserverStatus", "PageserverError",
+})
+
+IMPLEMENTATION_ONLY: frozenset[str] = frozenset(
+    {"WalRead", "WalData", "OpenTimeline", "StatusRequest", "StatusResponse"} | PAGESERVER_MESSAGES
+)
 
 # Per class, its field names in declaration order: the order encode() writes them in.
 _FIELDS: Mapping[type, tuple[str, ...]] = MappingProxyType(
@@ -972,6 +997,8 @@ _DESCRIBERS: Mapping[type, Callable[[object], str]] = MappingProxyType(
         PageImageData: lambda m: f"*->* PageImageData page={m.page} lsn={format_lsn(m.lsn)} ({len(m.image)} B)",
         DbSize: lambda m: f"*->* DbSize timeline={m.timeline} lsn={format_lsn(m.lsn)}",
         DbSizeData: lambda m: f"*->* DbSizeData lsn={format_lsn(m.lsn)} db_size={m.db_size}",
+        LsnAtTime: lambda m: f"*->* LsnAtTime timeline={m.timeline} time={m.time}",
+        LsnAtTimeData: lambda m: f"*->* LsnAtTimeData lsn={format_lsn(m.lsn)}",
         BranchCreate: lambda m: f"*->* BranchCreate {m.name} from={m.ancestor}@{format_lsn(m.lsn)}",
         BranchCreated: lambda m: f"*->* BranchCreated {m.name} from={m.ancestor}@{format_lsn(m.lsn)}",
         BranchList: lambda m: "*->* BranchList",

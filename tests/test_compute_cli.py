@@ -128,3 +128,19 @@ def test_a_branch_compute_and_a_static_compute_read_the_past(cluster_dir: Path) 
     assert psql(dev, "SELECT a FROM t ORDER BY a").stdout.split() == ["1", "10"]
     listing = paxwal("compute", "list", "--dir", str(cluster_dir)).stdout
     assert re.search(r"past +main +static", listing) and re.search(r"d1 +dev +primary", listing), listing
+
+
+def test_a_static_compute_at_a_time(cluster_dir: Path) -> None:
+    uri = start(cluster_dir, "--name", "c1")
+    assert psql(uri, "CREATE TABLE t (a INTEGER)", "INSERT INTO t VALUES (1)").returncode == 0
+    time.sleep(0.5)
+    moment = time.time()
+    time.sleep(0.5)
+    assert psql(uri, "INSERT INTO t VALUES (2)").returncode == 0
+    then = start(cluster_dir, "--at", f"{moment:.3f}", "--name", "then")
+    assert psql(then, "SELECT a FROM t").stdout.split() == ["1"]
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment + 1.5))  # after both inserts
+    later = start(cluster_dir, "--at", iso, "--name", "later")
+    assert psql(later, "SELECT a FROM t ORDER BY a").stdout.split() == ["1", "2"]
+    bad = paxwal("compute", "start", "--dir", str(cluster_dir), "--at", "yesterday")
+    assert bad.returncode == 2 and "ISO 8601" in bad.stderr

@@ -29,6 +29,8 @@ from impl.wire import (
     PageImageData,
     DbSize,
     DbSizeData,
+    LsnAtTime,
+    LsnAtTimeData,
     BranchCreate,
     BranchCreated,
     BranchList,
@@ -228,6 +230,8 @@ MESSAGE_STRATEGIES = {
     PageImageData: st.builds(PageImageData, page=u64s, lsn=u64s, image=st.binary(max_size=300)),
     DbSize: st.builds(DbSize, timeline=node_ids, lsn=u64s),
     DbSizeData: st.builds(DbSizeData, lsn=u64s, db_size=u64s),
+    LsnAtTime: st.builds(LsnAtTime, timeline=st.just("main"), time=u64s),
+    LsnAtTimeData: st.builds(LsnAtTimeData, lsn=u64s),
     BranchCreate: st.builds(BranchCreate, name=node_ids, ancestor=node_ids, lsn=u64s),
     BranchCreated: st.builds(BranchCreated, name=node_ids, ancestor=node_ids, lsn=u64s),
     BranchList: st.builds(BranchList),
@@ -457,7 +461,8 @@ def with_(fields: dict, **changes: object) -> dict:
 _DROP = object()
 
 DECODE_CASES = [
-    ("bad version", ["version 6"], frame_of(["Greeting", {"proposer": "p1"}], version=6)),
+    ("bad version", ["version 7"], frame_of(["Greeting", {"proposer": "p1"}], version=7)),
+    ("old version 5", ["unsupported protocol version 5"], frame_of(["Greeting", {"proposer": "p1"}], version=5)),
     ("old version 4", ["unsupported protocol version 4"], frame_of(["Greeting", {"proposer": "p1"}], version=4)),
     ("old version 3", ["unsupported protocol version 3"], frame_of(["Greeting", {"proposer": "p1"}], version=3)),
     # Version 1 frames had no trace meta; a peer of that build is refused, not half-understood.

@@ -37,13 +37,51 @@ def _branch_start(cluster, config, branch: str) -> int:  # type: ignore[no-untyp
     return status.ancestor_lsn
 
 
+def _parse_time(text: str) -> int:
+    """A point in time: ISO 8601 (2026-11-25T21:00:00, UTC unless it says otherwise) or seconds
+    since the epoch; microseconds since the epoch."""
+    import datetime
+
+    try:
+        return round(float(text) * 1_000_000)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time or seconds since the epoch, got {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return round(moment.timestamp() * 1_000_000)
+
+
+def _lsn_at(config, branch: str, time_us: int) -> int:  # type: ignore[no-untyped-def]
+    """The newest LSN of `branch` committed at or before `time_us`, from the pageserver."""
+    from impl.pageclient import page_request
+    from impl.wire import LsnAtTime, LsnAtTimeData, ProtocolError
+
+    try:
+        reply = page_request(config.pageserver_port, LsnAtTime(timeline=branch, time=time_us))
+    except (OSError, ProtocolError) as exc:
+        raise CliError(f"the pageserver on port {config.pageserver_port} is not answering: {exc}") from None
+    if not isinstance(reply, LsnAtTimeData):
+        raise CliError(f"pageserver refused: {reply}")
+    return reply.lsn
+
+
 def _cmd_start(args: argparse.Namespace) -> int:
+    import datetime
+
     from impl.cluster import ClusterError
     from impl.wire import format_lsn
 
     cluster, config = _cluster(args)
     if config.pageserver_port is None:
         raise CliError(f"the cluster in {args.dir} has no pageserver: computes read their pages from it")
+    if args.at is not None:
+        args.lsn = _lsn_at(config, args.branch, args.at)
+        moment = datetime.datetime.fromtimestamp(args.at / 1_000_000, datetime.timezone.utc)
+        print(f"{args.branch} at {moment.isoformat(timespec='milliseconds')} is LSN {format_lsn(args.lsn)}")
     taken = {record.name for record in cluster.computes()}
     name = args.name or next(f"c{i}" for i in range(1, 10**6) if f"c{i}" not in taken)
     try:
@@ -175,7 +213,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     start.add_argument("--branch", default="main", metavar="B", help="the branch (timeline) to serve (default main)")
     start.add_argument("--name", metavar="N", help="its name (default: the first free c1, c2, ...)")
     start.add_argument("--port", type=int, metavar="P", help="its Postgres port (default: a free one)")
-    start.add_argument("--lsn", type=parse_lsn, metavar="LSN", help="a static compute reading B at LSN (X/Y or decimal)")
+    moment = start.add_mutually_exclusive_group()
+    moment.add_argument("--lsn", type=parse_lsn, metavar="LSN", help="a static compute reading B at LSN (X/Y or decimal)")
+    moment.add_argument("--at", type=_parse_time, metavar="TIME",
+                        help="a static compute reading B as it was at TIME (ISO 8601, UTC by default, or epoch"
+                             " seconds): at the newest LSN committed by then")
     start.set_defaults(handler=_cmd_start)
 
     stop = sub.add_parser("stop", help="stop a compute (SIGTERM; --kill: SIGKILL, as a crash)",
