@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from bench import branch, commit, getpage, ingest, pageserver_ingest, replay, sim, trace
+from bench import branch, commit, failover, getpage, ingest, pageserver_ingest, replay, sim, sql, trace
 
 BENCHMARKS: dict[str, ModuleType] = {
-    module.NAME: module for module in (sim, trace, replay, commit, ingest, getpage, branch, pageserver_ingest)
+    module.NAME: module
+    for module in (sim, trace, replay, commit, ingest, getpage, branch, pageserver_ingest, sql, failover)
 }
 
 __all__ = ["BENCHMARKS"]

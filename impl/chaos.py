@@ -26,10 +26,43 @@ process is stopped gracefully, the cluster is brought down, and:
 
 The seed chooses the faults and their timing; the processes' own timing is not
 deterministic, so a seed reproduces the schedule, not the interleaving.
+
+SQL computes (`run_sql_chaos`, `paxwal chaos --sql`)
+====================================================
+
+The same cluster, with its pageserver, serves SQL computes (impl/compute.py) instead: the
+runner starts compute c1 on one of two ports and runs the SQL workload (`paxwal sqlload`,
+impl/sqlload.py) as its own process, its clients trying both ports.  The faults
+(`SQL_FAULTS`, by weight) are the acceptor ones above, and:
+
+- kill -9 the compute, then start a new one (c2, c3, ...: every compute is a new proposer) on
+  its port; or SIGSTOP/SIGCONT it;
+- *takeover*: start a new compute on the other port while the old one serves: the new one's
+  election deposes the old, which must fail what it cannot commit and stop (impl/compute.py
+  rules 5 and 7), while its clients may still be talking to it;
+- kill -9 the pageserver, restart it; or SIGSTOP/SIGCONT it;
+- kill -9 the compute and a minority of the acceptors at once;
+- kill -9 the workload, restart it (a new incarnation: the killed one's Queries in flight
+  have no outcome, and the computes must finish or drop them whole).
+
+A compute may also stop by itself: one whose proposer stalls (every acceptor killed, a
+commit pending) fences and exits (impl/compute.py rule 5).  Between faults the runner polls
+the compute's process and starts a new one on its port when it is gone; healing after each
+fault restarts acceptors first, then the pageserver, then the compute (its start-up needs
+both), then the workload.  After the calm phase the workload is stopped, the last compute
+is killed with -9, and a new compute reads the tables back:
+
+1. every acknowledged transaction is in both tables, no transaction is in only one of them,
+   nothing present was never invoked, every row is as written, and each client's counter
+   equals its rows (impl/sqlload.py `verify_sql`); transactions whose outcome is unknown
+   may be present or absent, and are counted both ways, per SQLSTATE;
+2. commit made progress in the calm phase;
+3. the merged traces of every process (each compute's proposer) are a behaviour of the spec.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import signal
 import sys
@@ -40,10 +73,35 @@ from pathlib import Path
 import attrs
 
 from conformance.replay import check_run
-from impl.cluster import LOAD_NODE, Cluster, ClusterConfig
+from impl.cluster import LOAD_NODE, PAGESERVER, Cluster, ClusterConfig, ClusterError, free_ports
 from impl.load import read_history, verify_history
+from impl.pgclient import PgError
+from impl.sqlload import NO_OUTCOME, SQL_HISTORY, SqlVerdict, Tables, read_sql_history, read_tables, verify_sql
 
-__all__ = ["ChaosOptions", "ChaosReport", "run_chaos"]
+__all__ = ["SQL_FAULTS", "ChaosOptions", "ChaosReport", "SqlChaosReport", "run_chaos", "run_sql_chaos"]
+
+# The SQL workload's node name (its pid file and log).
+SQL_LOAD_NODE = "sqlload"
+# The SQL run's faults and their weights (module docstring).
+SQL_FAULTS = {
+    "kill_compute": 3,
+    "pause_compute": 1,
+    "takeover": 1,
+    "kill_acceptor": 3,
+    "pause_acceptor": 1,
+    "kill_all_acceptors": 1,
+    "kill_pageserver": 2,
+    "pause_pageserver": 1,
+    "kill_compute_and_acceptor": 1,
+    "kill_workload": 1,
+}
+# Tries to start a compute before the runner goes on without one (the next heal tries again).
+COMPUTE_START_TRIES = 3
+# How often the runner looks whether the compute is still running, between faults.
+COMPUTE_POLL = 0.2
+# How long a compute may hold its port after it was replaced before it is killed (a deposed
+# compute exits by itself about a second after it learns it: impl/compute.py rule 5).
+PORT_FREE_TIMEOUT = 5.0
 
 
 @attrs.frozen
@@ -227,6 +285,313 @@ def run_chaos(directory: Path, options: ChaosOptions, say: Callable[[str], None]
     report.unknown, report.failed = verdict.unknown, verdict.failed
     report.lost_examples = [f"{key} ending at {lsn}, held by {holders or 'none'}" for key, lsn, holders in verdict.lost[:5]]
     result = check_run([cluster.timeline_run_dir("main")])  # the load writes main
+    report.trace_verdict = result.verdict
+    report.trace_events = result.events
+    if result.divergence is not None:
+        report.divergence = result.divergence.report()
+    return report
+
+
+# ---------------------------------------------------------------------------------------
+# SQL computes (the module docstring's second part)
+# ---------------------------------------------------------------------------------------
+
+
+@attrs.define
+class SqlChaosReport:
+    """What happened and what the checks found in a SQL run (printed by `paxwal chaos --sql`)."""
+
+    faults: dict[str, int] = attrs.field(factory=dict)
+    restarts: int = 0
+    computes: list[str] = attrs.field(factory=list)
+    start_seconds: list[float] = attrs.field(factory=list)
+    start_failures: int = 0
+    calm_acked: int = 0
+    verdict: SqlVerdict | None = None
+    read_from: str = ""
+    read_error: str = ""
+    rows: tuple[int, int] = (0, 0)
+    trace_verdict: str = ""
+    trace_events: int = 0
+    divergence: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return (self.verdict is not None and self.verdict.ok and self.calm_acked > 0
+                and self.trace_verdict == "accepted")
+
+    def lines(self) -> list[str]:
+        faults = ", ".join(f"{name} {count}" for name, count in sorted(self.faults.items())) or "none"
+        starts = sorted(self.start_seconds)
+        out = [f"faults: {faults}; restarts {self.restarts}"]
+        if starts:
+            out.append(f"computes started {len(self.computes)} ({self.computes[0]}..{self.computes[-1]}), start time"
+                       f" median {starts[len(starts) // 2]:.1f} s, max {starts[-1]:.1f} s;"
+                       f" failed to start {self.start_failures}")
+        v = self.verdict
+        if v is None:
+            out.append(f"transactions: not checked: {self.read_error or 'no tables read back'}")
+        else:
+            out.append(f"transactions acknowledged {v.acked:,}, lost {len(v.lost)} (must be 0), half-applied"
+                       f" {len(v.half_applied)} (must be 0), phantom {len(v.phantom)} (must be 0), corrupt"
+                       f" {len(v.corrupt)} (must be 0), counters off {len(v.counters_off)} (must be 0)")
+            by_state = "; ".join(f"{state}: {present} present, {absent} absent"
+                                 for state, (present, absent) in sorted(v.unknown.items(), key=lambda i: i[0] == NO_OUTCOME))
+            out.append(f"outcome unknown {v.unknown_present + v.unknown_absent:,}: present {v.unknown_present:,},"
+                       f" absent {v.unknown_absent:,}" + (f" ({by_state})" if by_state else ""))
+        out.append(f"commit progress after the faults: {self.calm_acked:,} transactions acknowledged in the calm"
+                   " phase (must be > 0)")
+        if v is not None:
+            out.append(f"read back on a new compute, {self.read_from}: {self.rows[0]:,} rows in a, {self.rows[1]:,} in b")
+        out.append(f"traces: {self.trace_verdict} ({self.trace_events:,} events)")
+        if v is not None:
+            for name, keys in (("lost", v.lost), ("half-applied", v.half_applied), ("phantom", v.phantom),
+                               ("corrupt", v.corrupt), ("counter off", v.counters_off)):
+                out += [f"  {name}: {key}" for key in keys[:5]]
+        if self.divergence:
+            out.append(self.divergence)
+        return out
+
+
+class _AckCounter:
+    """Acks in the SQL history so far, counted from where the last call stopped."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.count = 0
+
+    def __call__(self) -> int:
+        try:
+            with open(self.path, "rb") as file:
+                file.seek(self.offset)
+                data = file.read()
+        except FileNotFoundError:
+            return self.count
+        whole = data[: data.rfind(b"\n") + 1]
+        self.offset += len(whole)
+        self.count += whole.count(b'"op": "ack"')
+        return self.count
+
+
+class _SqlNemesis(_Nemesis):
+    """The fault schedule against a cluster serving SQL computes (module docstring)."""
+
+    def __init__(self, cluster: Cluster, config: ClusterConfig, options: ChaosOptions,
+                 say: Callable[[str], None]) -> None:
+        super().__init__(cluster, config, options, say)
+        self.report = SqlChaosReport()  # type: ignore[assignment]
+        self.ports = free_ports(2)  # the compute's port, and the one a takeover uses
+        self.port = self.ports[0]
+        self.compute: str | None = None
+        self.owners: dict[int, str] = {}  # port -> the last compute started on it
+        self.numbered = 0
+        self.history = cluster.timeline_run_dir("main") / SQL_HISTORY
+        self.acks = _AckCounter(self.history)
+
+    def load_command(self) -> list[str]:
+        ports = [arg for port in self.ports for arg in ("--port", str(port))]
+        return [sys.executable, "-m", "impl.cli", "sqlload", "--dir", str(self.cluster.dir), "--name", SQL_LOAD_NODE,
+                *ports, "--clients", str(self.options.clients), "--seconds", "inf", "--progress-every", "10"]
+
+    def start_load(self) -> None:
+        self.cluster.spawn(SQL_LOAD_NODE, self.load_command())
+
+    # -- computes -------------------------------------------------------------------------
+
+    def _free_port(self, port: int) -> None:
+        """Wait until the last compute on `port` is gone (a deposed one exits about a second
+        after it stops), killing it after PORT_FREE_TIMEOUT.
+
+        Cluster.start_compute takes any answer on the port for the new compute's: a new
+        compute whose port is still held fails to bind, but only after its election has
+        deposed the compute serving, so it must not be started before the port is free.
+        """
+        owner = self.owners.get(port)
+        deadline = time.monotonic() + PORT_FREE_TIMEOUT
+        while owner is not None and self.cluster.pid(owner) is not None:
+            if time.monotonic() > deadline:
+                self.say(f"{owner} still holds port {port} {PORT_FREE_TIMEOUT:.0f} s on: kill -9 {owner}")
+                self.cluster.signal(owner, signal.SIGKILL)
+                deadline = math.inf
+            time.sleep(0.05)
+
+    def start_compute(self, port: int) -> bool:
+        """Start the next compute on `port`; False (said, counted) if it did not come up."""
+        self._free_port(port)
+        self.numbered += 1
+        name = f"c{self.numbered}"
+        began = time.monotonic()
+        try:
+            self.cluster.start_compute(name, "main", port=port, wal_start=self.config.wal_start)
+        except ClusterError as exc:
+            self.say(f"compute {name} did not start: {exc}")
+            self.report.start_failures += 1
+            self.cluster.signal(name, signal.SIGKILL)  # start_compute kills it only on its timeout
+            return False
+        self.report.start_seconds.append(time.monotonic() - began)
+        self.report.computes.append(name)
+        self.owners[port] = name
+        self.compute, self.port = name, port
+        return True
+
+    def compute_running(self) -> bool:
+        return self.compute is not None and self.cluster.pid(self.compute) is not None
+
+    def ensure_compute(self) -> bool:
+        """A compute running: the current one, or a new one on its port (a few tries)."""
+        if self.compute_running():
+            return True
+        if self.compute is not None:
+            self.say(f"{self.compute} is gone; starting another on port {self.port}")
+            self.report.restarts += 1
+        for attempt in range(COMPUTE_START_TRIES):
+            if self.start_compute(self.port):
+                return True
+            time.sleep(0.5 * (attempt + 1))
+        return False
+
+    def idle(self, seconds: float) -> None:
+        """Wait `seconds`, replacing the compute as soon as it is gone (it fences itself when
+        its proposer stalls: impl/compute.py rule 5)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(COMPUTE_POLL, left))
+            if not self.compute_running():
+                self.ensure_compute()
+
+    # -- faults ---------------------------------------------------------------------------
+
+    def _signal_all(self, nodes: list[str], signum: int) -> None:
+        for node in nodes:
+            self.cluster.signal(node, signum)
+
+    def step(self) -> None:
+        """One fault, held for a while, then healed (and everything running again)."""
+        acceptors = list(self.config.acceptors)
+        fault = self.rng.choices(list(SQL_FAULTS), weights=list(SQL_FAULTS.values()))[0]
+        victims = self.rng.sample(acceptors, self.minority)
+        compute = self.compute or "-"
+        self._count(fault)
+        if fault == "kill_compute":
+            self.say(f"kill -9 {compute}")
+            self.cluster.signal(compute, signal.SIGKILL)
+            self._wait(0.1, 1.0)
+        elif fault == "pause_compute":
+            self.say(f"SIGSTOP {compute}")
+            self.cluster.signal(compute, signal.SIGSTOP)
+            self._wait(0.2, 1.5)
+            self.cluster.signal(compute, signal.SIGCONT)
+        elif fault == "takeover":
+            other = next(port for port in self.ports if port != self.port)
+            self.say(f"takeover: a new compute on port {other} while {compute} serves on {self.port}")
+            self.start_compute(other)
+        elif fault in ("kill_acceptor", "kill_compute_and_acceptor"):
+            also = f"{compute} and " if fault == "kill_compute_and_acceptor" else ""
+            self.say(f"kill -9 {also}{', '.join(victims)}")
+            self._signal_all(victims + ([compute] if also else []), signal.SIGKILL)
+            self._wait(0.2, 2.0)
+            self._restart(victims)
+        elif fault == "pause_acceptor":
+            self.say(f"SIGSTOP {', '.join(victims)}")
+            self._signal_all(victims, signal.SIGSTOP)
+            self._wait(0.2, 2.0)
+            self._signal_all(victims, signal.SIGCONT)
+        elif fault == "kill_all_acceptors":
+            self.say("kill -9 every acceptor")
+            self._signal_all(acceptors, signal.SIGKILL)
+            self._wait(0.2, 1.0)
+            self._restart(acceptors)
+        elif fault == "kill_pageserver":
+            self.say(f"kill -9 {PAGESERVER}")
+            self.cluster.signal(PAGESERVER, signal.SIGKILL)
+            self._wait(0.2, 2.0)
+            self._restart([PAGESERVER])
+        elif fault == "pause_pageserver":
+            self.say(f"SIGSTOP {PAGESERVER}")
+            self.cluster.signal(PAGESERVER, signal.SIGSTOP)
+            self._wait(0.2, 1.5)
+            self.cluster.signal(PAGESERVER, signal.SIGCONT)
+        elif fault == "kill_workload":
+            self.say(f"kill -9 {SQL_LOAD_NODE}")
+            self.cluster.signal(SQL_LOAD_NODE, signal.SIGKILL)
+            self._wait(0.1, 1.0)
+        self.heal()
+
+    def heal(self) -> None:
+        """Every process running and none paused: acceptors, then the pageserver, then the
+        compute (its start-up needs both), then the workload."""
+        nodes = [*self.config.acceptors, PAGESERVER, *([self.compute] if self.compute else []), SQL_LOAD_NODE]
+        self._signal_all(nodes, signal.SIGCONT)
+        self._restart([node for node in [*self.config.acceptors, PAGESERVER] if self.cluster.pid(node) is None])
+        self.ensure_compute()
+        if self.cluster.pid(SQL_LOAD_NODE) is None:
+            self.start_load()
+            self.report.restarts += 1
+
+    def read_back(self) -> Tables:
+        """Kill -9 the compute and read the tables on a new one (a few tries).
+
+        Raises:
+            PgError or ClusterError: no compute could read them.
+        """
+        if self.compute_running():
+            assert self.compute is not None
+            self.say(f"kill -9 {self.compute}; reading the tables back on a new compute")
+            self.cluster.signal(self.compute, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while self.compute_running() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.compute = None
+        for attempt in range(COMPUTE_START_TRIES):
+            if not self.ensure_compute():
+                raise ClusterError(f"no compute started to read the tables back ({COMPUTE_START_TRIES} tries)")
+            try:
+                return read_tables(self.port, self.config.compute_password)
+            except PgError as exc:
+                self.say(f"reading the tables on {self.compute} failed: {exc}")
+                if attempt == COMPUTE_START_TRIES - 1:
+                    raise
+                self.cluster.signal(self.compute or "-", signal.SIGKILL)
+                time.sleep(0.5)
+        raise AssertionError("unreachable")
+
+
+def run_sql_chaos(directory: Path, options: ChaosOptions, say: Callable[[str], None] = print) -> SqlChaosReport:
+    """Run the SQL chaos scenario in `directory` (which must not hold a cluster) and check
+    it (module docstring, second part)."""
+    cluster = Cluster(directory)
+    config, _ = cluster.up(options.acceptors)
+    nemesis = _SqlNemesis(cluster, config, options, say)
+    report: SqlChaosReport = nemesis.report  # type: ignore[assignment]
+    tables: Tables | None = None
+    try:
+        if not nemesis.ensure_compute():
+            raise ClusterError(f"the first compute did not start: {cluster.log_tail('c1')}")
+        nemesis.start_load()
+        began = time.monotonic()
+        while time.monotonic() - began < options.seconds:
+            nemesis.idle(nemesis.rng.uniform(options.pause / 2, options.pause * 1.5))
+            nemesis.step()
+            say(f"{time.monotonic() - began:5.0f} s: {nemesis.acks():,} transactions acknowledged so far"
+                f" (compute {nemesis.compute})")
+        before = nemesis.acks()
+        say(f"faults over; calm for {options.calm:.0f} s")
+        nemesis.idle(options.calm)
+        report.calm_acked = nemesis.acks() - before
+        say(f"stopping the workload: {cluster.stop(SQL_LOAD_NODE)}")
+        try:
+            tables = nemesis.read_back()
+        except (PgError, ClusterError) as exc:
+            report.read_error = str(exc)
+    finally:
+        cluster.stop(SQL_LOAD_NODE)
+        cluster.down()
+    if tables is not None:
+        report.verdict = verify_sql(list(read_sql_history(nemesis.history)), tables)
+        report.read_from = f"{nemesis.compute} (term {tables.term}, LSN {tables.lsn})"
+        report.rows = (len(tables.a), len(tables.b))
+    result = check_run([cluster.timeline_run_dir("main")])  # every compute's proposer writes main
     report.trace_verdict = result.verdict
     report.trace_events = result.events
     if result.divergence is not None:

@@ -339,7 +339,11 @@ class Pageserver:
                 await self._wait_lsn(timeline, lsn)
                 return DbSizeData(lsn=lsn, db_size=await self._locked(timeline.db_size, lsn))
             case LsnAtTime(timeline=name, time=at):
-                return LsnAtTimeData(lsn=await self._locked(self.repo.timeline(name).lsn_at, at))
+                # A time maps to an LSN once every record committed by then is ingested: wait
+                # for the commit_lsn the acceptors reported, as GetPage waits for its LSN.
+                timeline = self.repo.timeline(name)
+                await self._wait_lsn(timeline, max(self.receivers[name].commit_lsns.values(), default=0))
+                return LsnAtTimeData(lsn=await self._locked(timeline.lsn_at, at))
             case BranchCreate(name=name, ancestor=ancestor, lsn=lsn):
                 await self._wait_lsn(self.repo.timeline(ancestor), lsn)
                 await self._locked(self.repo.create_branch, name, ancestor, lsn)

@@ -1,4 +1,5 @@
-"""`paxwal cluster up|down|status` and `paxwal load`: a local multi-process cluster, and load on it."""
+"""`paxwal cluster up|down|status`, `paxwal load`, `paxwal sqlload` and `paxwal chaos`: a local
+multi-process cluster, load on it, and chaos under load."""
 
 from __future__ import annotations
 
@@ -150,18 +151,48 @@ def _cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sqlload(args: argparse.Namespace) -> int:
+    import threading
+
+    from impl.sqlload import SQL_HISTORY, run_sqlload
+
+    cluster = _cluster(args)
+    try:
+        config = cluster.load()
+    except ClusterError as exc:
+        raise CliError(str(exc)) from None
+    history = args.history if args.history is not None else cluster.timeline_run_dir("main") / SQL_HISTORY
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+
+    def progress(summary, elapsed: float) -> None:  # type: ignore[no-untyped-def]
+        if int(elapsed) % args.progress_every == 0:
+            print(f"{elapsed:6.0f} s  acked {summary.acked:,}  outcome unknown {summary.unknown:,}"
+                  f"  connections {summary.connects:,}", file=sys.stderr, flush=True)
+
+    summary = run_sqlload(args.port, config.compute_password, history, args.clients, args.seconds, stop, progress)
+    p50, p99 = summary.percentile(0.5), summary.percentile(0.99)
+    print(f"sqlload {summary.incarnation}: acked {summary.acked:,} transactions, {summary.unknown:,} outcome unknown,"
+          f" {summary.connects:,} connections; history in {history}")
+    if p50 is not None:
+        print(f"commit latency p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms")
+    return 0
+
+
 def _cmd_chaos(args: argparse.Namespace) -> int:
     import tempfile
 
-    from impl.chaos import ChaosOptions, run_chaos
+    from impl.chaos import ChaosOptions, run_chaos, run_sql_chaos
 
     directory = args.dir if args.dir is not None else Path(tempfile.mkdtemp(prefix="paxwal-chaos-"))
     if directory.exists() and any(directory.iterdir()):
         raise CliError(f"{directory} is not empty: chaos builds a fresh cluster")
     options = ChaosOptions(args.seconds, args.seed, clients=args.clients)
-    print(f"chaos for {args.seconds:.0f} s, seed {args.seed}, in {directory}", flush=True)
+    workload = "SQL computes" if args.sql else "the record load"
+    print(f"chaos for {args.seconds:.0f} s under {workload}, seed {args.seed}, in {directory}", flush=True)
     try:
-        report = run_chaos(directory, options, say=lambda line: print(line, flush=True))
+        report = (run_sql_chaos if args.sql else run_chaos)(directory, options, say=lambda line: print(line, flush=True))
     except ClusterError as exc:
         raise CliError(str(exc)) from None
     for line in report.lines():
@@ -230,6 +261,28 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                       help="a progress line on stderr this often (default 5)")
     load.set_defaults(handler=_cmd_load)
 
+    sqlload = commands.add_parser(
+        "sqlload",
+        help="run SQL transactions against a compute, recording the client history",
+        description=(
+            "Run C clients against the compute listening on P (127.0.0.1; with several --port, whichever"
+            " answers), each a loop of transactions that insert one row into tables a and b and bump its"
+            " counter in table counts, for S seconds, writing every transaction to the history"
+            " (invoke, ack, fail with SQLSTATE) at DIR/run/main/sql-history.jsonl (impl/sqlload.py)."
+            " SIGTERM or SIGINT stops it after the Queries in flight."
+        ),
+    )
+    cluster_dir_argument(sqlload)
+    sqlload.add_argument("--port", type=int, action="append", required=True, metavar="P",
+                         help="a compute's Postgres port (repeat it: clients try each in turn)")
+    sqlload.add_argument("--clients", type=positive_int, default=4, metavar="C", help="concurrent clients (default 4)")
+    sqlload.add_argument("--seconds", type=float, default=10.0, metavar="S", help="how long (default 10; inf: until signalled)")
+    sqlload.add_argument("--name", default="sqlload", help="its node name, for its pid file and log (default sqlload)")
+    sqlload.add_argument("--history", type=Path, metavar="FILE", help="the history file (default DIR/run/main/sql-history.jsonl)")
+    sqlload.add_argument("--progress-every", type=positive_int, default=5, metavar="SECONDS",
+                         help="a progress line on stderr this often (default 5)")
+    sqlload.set_defaults(handler=_cmd_sqlload)
+
     chaos = commands.add_parser(
         "chaos",
         help="kill -9, pause and restart nodes of a real cluster under load, then check nothing was lost",
@@ -238,10 +291,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
             " or pause a minority of the acceptors, all of them at once, or the load process, restarting each."
             " Then a calm phase must commit, every acknowledged record must be on a majority at its LSN, and"
             " every process's trace must be a behaviour of the spec. Exit 0 if so, 1 if not (impl/chaos.py)."
+            " With --sql: `paxwal sqlload` transactions against SQL computes instead, and the faults also"
+            " kill -9 and pause computes, the pageserver and the workload, and start a compute that takes"
+            " over; afterwards a new compute must hold every acknowledged transaction whole."
         ),
     )
     chaos.add_argument("--seconds", type=float, default=60.0, metavar="S", help="the fault phase (default 60)")
     chaos.add_argument("--seed", type=int, default=0, help="chooses the faults and their timing (default 0)")
     chaos.add_argument("--dir", type=Path, metavar="DIR", help="an empty or new directory, kept afterwards (default: a new temporary one, removed if the run passes)")
     chaos.add_argument("--clients", type=positive_int, default=4, metavar="C", help="load clients (default 4)")
+    chaos.add_argument("--sql", action="store_true",
+                       help="the SQL workload on computes, with compute, pageserver and workload faults too")
     chaos.set_defaults(handler=_cmd_chaos)
