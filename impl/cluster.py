@@ -437,12 +437,14 @@ class Cluster:
             sys.executable, "-m", "impl.cli", "compute", "run", "--dir", str(self.dir), "--name", record.name,
             "--branch", record.branch, "--port", str(record.port), "--wal-start", str(record.wal_start),
             *([] if record.lsn is None else ["--lsn", str(record.lsn)]),
+            *(["--replica"] if record.mode == "replica" else []),
         ]
 
     def start_compute(self, name: str, branch: str, *, port: int | None = None, lsn: int | None = None,
-                      wal_start: int) -> ComputeRecord:
-        """Start compute `name` on `branch` (static at `lsn` if given) and wait until it
-        accepts connections (rule 6).  `wal_start`: where the branch's WAL starts.
+                      replica: bool = False, wal_start: int) -> ComputeRecord:
+        """Start compute `name` on `branch` (static at `lsn` if given, a read replica if
+        `replica`) and wait until it accepts connections (rule 6).  `wal_start`: where the
+        branch's WAL starts.
 
         Raises:
             ClusterError: a bad or taken name, or the compute exited or did not listen in
@@ -454,11 +456,11 @@ class Cluster:
             raise ClusterError(f"{name!r} names a node of the cluster; choose another compute name")
         if self.pid(name) is not None:
             raise ClusterError(f"compute {name} is running already (pid {self.pid(name)})")
-        record = ComputeRecord(name, branch, "primary" if lsn is None else "static", lsn,
-                               port if port is not None else free_ports(1)[0], wal_start)
+        mode = "replica" if replica else "primary" if lsn is None else "static"
+        record = ComputeRecord(name, branch, mode, lsn, port if port is not None else free_ports(1)[0], wal_start)
         (self.dir / COMPUTES_DIR).mkdir(exist_ok=True)
         _write_atomically(self.compute_file(name), record.to_json())
-        if lsn is None:
+        if mode == "primary":
             self.add_proposer(name, branch, wal_start)
         proc = self.spawn(name, self.compute_command(record))
         deadline = time.monotonic() + COMPUTE_START_TIMEOUT
@@ -524,7 +526,7 @@ class ComputeRecord:
     Attributes:
         name: the compute's (and its proposer's) id.
         branch: the timeline it serves.
-        mode: "primary" or "static".
+        mode: "primary", "static" or "replica".
         lsn: a static compute's LSN, else None.
         port: its Postgres port on 127.0.0.1.
         wal_start: where the branch's WAL starts.

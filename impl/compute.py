@@ -39,7 +39,11 @@ acknowledged commit.  This file wires those parts; rules:
    may hold records the log will not, so it must die; the new compute has the truth.  Its
    proposer leads once (`lead_once`): it never campaigns again.
 6. A static compute (`lsn` given) has no proposer: it reads the branch at that LSN through a
-   read-only VFS and refuses writes (25006).
+   read-only VFS and refuses writes (25006).  A replica (`replica`) has none either: it reads
+   the branch at its commit LSN (the highest its acceptors report), and moves its snapshot there
+   whenever a session takes the SQLite connection with no transaction open (the VFS's
+   `reset_cache`: SQLite's and the VFS's caches are dropped), so every Query reads a
+   committed, recent state and the primary never waits for it.
 7. One writer per branch.  Two computes on one branch cannot both commit: the acceptors
    refuse the lower term (the spec's election safety), and rule 5 stops the loser.
 """
@@ -63,7 +67,17 @@ from impl.pgserver import ThreadedSession, serve_pg
 from impl.pgwire import Startup
 from impl.proposer_client import AppendFailed, NotLeader, PendingAppend, Proposer, ProposerConfig, serve_proposer
 from impl.sql import Database, Session, SqlError, StatementResult
-from impl.wire import DbSize, DbSizeData, GetPage, Message, PageImageData, PageserverError, ProtocolError, format_lsn
+from impl.walreceiver import fetch_status
+from impl.wire import (
+    DbSize,
+    DbSizeData,
+    GetPage,
+    Message,
+    PageImageData,
+    PageserverError,
+    ProtocolError,
+    format_lsn,
+)
 
 __all__ = ["Compute", "ComputeConfig", "ComputeError", "serve_compute"]
 
@@ -71,6 +85,8 @@ log = logging.getLogger("paxwal.compute")
 
 # How often a compute retries a pageserver that is not up to its start LSN yet.
 START_RETRY = 0.2
+# How long a replica waits for an acceptor's status.
+STATUS_TIMEOUT = 2.0
 
 
 class ComputeError(Exception):
@@ -93,7 +109,8 @@ class ComputeConfig:
         pageserver_port: the page service's port on 127.0.0.1.
         port: where clients connect (0: any free port, see `Compute.port`).
         user, password, database: the one account clients name.
-        lsn: a static compute's LSN (rule 6); None for the primary.
+        lsn: a static compute's LSN (rule 6); None for a primary or a replica.
+        replica: a read replica following the branch (rule 6).
         trace_path: the proposer's trace, or None.
         proposer: the proposer's tuning.
         cache_pages: the VFS page cache's capacity.
@@ -111,6 +128,7 @@ class ComputeConfig:
     password: str = attrs.field(repr=False)
     database: str = "paxwal"
     lsn: int | None = None
+    replica: bool = False
     trace_path: Path | None = None
     proposer: ProposerConfig = ProposerConfig()
     cache_pages: int = DEFAULT_CACHE_PAGES
@@ -119,7 +137,7 @@ class ComputeConfig:
 
     @property
     def mode(self) -> str:
-        return "primary" if self.lsn is None else "static"
+        return "replica" if self.replica else "primary" if self.lsn is None else "static"
 
 
 class Compute:
@@ -130,6 +148,8 @@ class Compute:
         port: the Postgres port clients connect to.
         term: the primary's term (0 for a static compute).
         start_lsn: the LSN it started at (rule 1), or its static LSN.
+        snapshot_lsn: where pages it did not write are read: its start LSN, or a replica's
+            current snapshot.
         lsn: the end of the last record known committed (`pg_current_wal_lsn()`).
         fenced: why it stopped (rule 5), or None while it serves.
     """
@@ -139,6 +159,7 @@ class Compute:
         self.port = 0
         self.term = 0
         self.start_lsn = 0
+        self.snapshot_lsn = 0
         self.lsn = 0
         self.fenced: str | None = None
         self._nursery = nursery
@@ -173,7 +194,7 @@ class Compute:
     async def _read_lsn(self, page: int) -> int:
         entry = self._written.get(page)
         if entry is None:
-            return self.start_lsn
+            return self.snapshot_lsn
         if isinstance(entry, int):
             return entry
         lsn = await self._settled(entry)
@@ -187,6 +208,28 @@ class Compute:
         if not isinstance(reply, PageImageData):
             raise ComputeError("58030", f"GetPage {page}@{format_lsn(lsn)} on {self.config.timeline}: {reply}")
         return reply.image
+
+    async def latest_lsn(self) -> int:
+        """The branch's commit LSN, the highest its acceptors report (a replica's next snapshot)."""
+        answers: list[int] = []
+
+        async def ask(port: int) -> None:
+            with contextlib.suppress(OSError, trio.BrokenResourceError, trio.TooSlowError, ProtocolError):
+                answers.append((await fetch_status(port, STATUS_TIMEOUT, timeline=self.config.timeline)).commit_lsn)
+
+        async with trio.open_nursery() as nursery:
+            for port in self.config.acceptors.values():
+                nursery.start_soon(ask, port)
+        if not answers:
+            raise ComputeError("58030", f"compute {self.config.name}: no acceptor of {self.config.timeline} answers")
+        return max(max(answers), self.snapshot_lsn)
+
+    def follow_in_thread(self, vfs: PageVfs) -> None:
+        """A replica's Database.on_acquire, in SQLite's thread: move to the newest snapshot."""
+        latest = trio.from_thread.run(self.latest_lsn)
+        if latest > self.snapshot_lsn:
+            self.snapshot_lsn = self.lsn = latest
+            vfs.reset_cache(None)
 
     async def db_size(self, lsn: int) -> int:
         """The branch's size in pages at `lsn`, waiting until the pageserver has it (rule 1)."""
@@ -299,15 +342,14 @@ class _ComputeSession:
 class _Source:
     """The VFS's PageSource, in SQLite's thread: the compute's reads, through trio (rule 2)."""
 
-    def __init__(self, compute: Compute, lsn: int) -> None:
+    def __init__(self, compute: Compute) -> None:
         self._compute = compute
-        self._lsn = lsn
 
     def get_page(self, page: int) -> bytes:
         return trio.from_thread.run(self._compute.get_page, page)
 
     def db_size(self) -> int:
-        return trio.from_thread.run(self._compute.db_size, self._lsn)
+        return trio.from_thread.run(self._compute.db_size, self._compute.snapshot_lsn)
 
 
 class _Sink:
@@ -350,23 +392,29 @@ async def serve_compute(config: ComputeConfig, task_status: trio.TaskStatus[Comp
     async with trio.open_nursery() as nursery:
         compute = Compute(config, nursery)
         with trio.fail_after(config.start_timeout):
-            if config.lsn is None:
+            if config.replica:
+                compute.start_lsn = await compute.latest_lsn()
+            elif config.lsn is None:
                 compute._proposer = await nursery.start(_start_primary, compute)
             else:
                 compute.start_lsn = config.lsn
-            compute.lsn = compute.start_lsn
+            compute.lsn = compute.snapshot_lsn = compute.start_lsn
             db_size = await compute.db_size(compute.start_lsn)
-        read_only = config.lsn is not None
-        source = _Source(compute, compute.start_lsn)
+        read_only = config.mode != "primary"
         if not read_only:
             compute._builder = RecordBuilder(db_size)
-        vfs = PageVfs(source, None if read_only else _Sink(compute), read_only=read_only,
+        vfs = PageVfs(_Source(compute), None if read_only else _Sink(compute), read_only=read_only,
                       cache_pages=config.cache_pages)
         connection = await trio.to_thread.run_sync(vfs.connect, config.database)
         connection.create_scalar_function("paxwal_term", lambda: compute.term, 0)
-        database = Database(connection, current_lsn=lambda: compute.lsn)
-        reason = None if not read_only else (f"compute {config.name} is a static snapshot of {config.timeline} at"
-                                             f" {format_lsn(compute.start_lsn)}: it takes no writes")
+        follow = functools.partial(compute.follow_in_thread, vfs) if config.replica else None
+        database = Database(connection, current_lsn=lambda: compute.lsn, on_acquire=follow)
+        reason = {
+            "primary": None,
+            "static": f"compute {config.name} is a static snapshot of {config.timeline} at"
+                      f" {format_lsn(compute.start_lsn)}: it takes no writes",
+            "replica": f"compute {config.name} is a read replica of {config.timeline}: it takes no writes",
+        }[config.mode]
 
         def sessions(startup: Startup) -> _ComputeSession:
             settings = {"application_name": startup.params.get("application_name", "")}

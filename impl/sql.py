@@ -473,12 +473,16 @@ class Database:
     """
 
     def __init__(
-        self, connection: apsw.Connection, *, current_lsn: Callable[[], int], lock_timeout: float = LOCK_TIMEOUT
+        self, connection: apsw.Connection, *, current_lsn: Callable[[], int], lock_timeout: float = LOCK_TIMEOUT,
+        on_acquire: Callable[[], None] | None = None,
     ) -> None:
         """Args:
             connection: the SQLite connection, outside any transaction.
             current_lsn: returns the compute's commit LSN, for ``pg_current_wal_lsn()``.
             lock_timeout: see the attribute.
+            on_acquire: called in the acquiring thread whenever a session takes ownership
+                with no transaction open (a replica moves its snapshot forward there); an
+                exception from it fails the statement (rule 4) and releases ownership.
 
         Raises:
             ValueError: `lock_timeout` is negative, or `connection` is inside a transaction.
@@ -490,6 +494,7 @@ class Database:
         self.connection = connection
         self.lock_timeout = lock_timeout
         self._owner: Session | None = None
+        self._on_acquire = on_acquire
         self._changed = threading.Condition()
         self._query_only = bool(connection.execute("PRAGMA query_only").get)
         self._internal = False
@@ -520,11 +525,18 @@ class Database:
 
         Raises:
             apsw.Error: switching ``PRAGMA query_only`` failed (ownership is then released).
+            Exception: from `on_acquire` (ownership is then released).
         """
         with self._changed:
             if not self._changed.wait_for(lambda: self._owner in (None, session), timeout=self.lock_timeout):
                 return False
-            self._owner = session
+            fresh, self._owner = self._owner is None, session
+        if fresh and self._on_acquire is not None and not self.connection.in_transaction:
+            try:
+                self._on_acquire()
+            except BaseException:
+                self.release(session)
+                raise
         read_only = session.read_only_reason is not None
         if read_only != self._query_only:
             self._internal = True
@@ -730,7 +742,7 @@ class Session:
     def _acquire(self) -> None:
         try:
             acquired = self.database.acquire(self)
-        except apsw.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - SQLite's, or on_acquire's (rule 4 maps both)
             raise _Failed(self._error(exc)) from exc
         if not acquired:
             raise _Failed(SqlError(

@@ -172,3 +172,22 @@ def test_a_branch_sees_its_parent_at_the_branch_lsn_and_writes_on_its_own(tmp_pa
 
     local = run_local(tmp_path, body)
     local.check_traces()
+
+
+def test_a_replica_follows_the_primary_and_refuses_writes(tmp_path: Path) -> None:
+    async def body(local: Local) -> None:
+        await local.start_pageserver(FAST)
+        c1 = await local.start_compute("c1")
+        await psql(c1, "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT)", "INSERT INTO kv VALUES (1, 'one')")
+        r1 = await local.start_compute("r1", replica=True)
+        assert (await psql(r1, "SELECT k, v FROM kv")).stdout.split() == ["1|one"]
+        await psql(c1, "UPDATE kv SET v = 'uno' WHERE k = 1", "INSERT INTO kv VALUES (2, 'two')")
+        with trio.fail_after(20):  # the replica moves as the pageserver ingests
+            while (await psql(r1, "SELECT k, v FROM kv ORDER BY k")).stdout.split() != ["1|uno", "2|two"]:
+                await trio.sleep(0.1)
+        assert r1.lsn == c1.lsn
+        refused = await psql(r1, "INSERT INTO kv VALUES (3, 'no')", check=False)
+        assert refused.returncode != 0 and "read replica" in refused.stderr, refused.stderr
+
+    local = run_local(tmp_path, body)
+    local.check_traces()

@@ -126,8 +126,17 @@ def test_a_branch_compute_and_a_static_compute_read_the_past(cluster_dir: Path) 
     assert refused.returncode != 0 and "static snapshot" in refused.stderr
     assert psql(uri, "SELECT a FROM t ORDER BY a").stdout.split() == ["1", "2"]
     assert psql(dev, "SELECT a FROM t ORDER BY a").stdout.split() == ["1", "10"]
+    replica = start(cluster_dir, "--replica", "--name", "r1")
+    assert psql(replica, "SELECT a FROM t ORDER BY a").stdout.split() == ["1", "2"]
+    assert psql(uri, "INSERT INTO t VALUES (3)").returncode == 0
+    deadline = time.monotonic() + 20
+    while psql(replica, "SELECT count(*) FROM t").stdout.strip() != "3" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert psql(replica, "SELECT a FROM t ORDER BY a").stdout.split() == ["1", "2", "3"]
+    assert "read replica" in psql(replica, "DELETE FROM t").stderr
     listing = paxwal("compute", "list", "--dir", str(cluster_dir)).stdout
     assert re.search(r"past +main +static", listing) and re.search(r"d1 +dev +primary", listing), listing
+    assert re.search(r"r1 +main +replica", listing), listing
 
 
 def test_a_static_compute_at_a_time(cluster_dir: Path) -> None:

@@ -86,7 +86,8 @@ def _cmd_start(args: argparse.Namespace) -> int:
     name = args.name or next(f"c{i}" for i in range(1, 10**6) if f"c{i}" not in taken)
     try:
         wal_start = _branch_start(cluster, config, args.branch)
-        record = cluster.start_compute(name, args.branch, port=args.port, lsn=args.lsn, wal_start=wal_start)
+        record = cluster.start_compute(name, args.branch, port=args.port, lsn=args.lsn, replica=args.replica,
+                                       wal_start=wal_start)
     except (ClusterError, ValueError) as exc:
         raise CliError(str(exc)) from None
     at = "" if record.lsn is None else f" at {format_lsn(record.lsn)}"
@@ -138,8 +139,9 @@ async def _serve_until_signalled(args: argparse.Namespace, config) -> str | None
     compute_config = ComputeConfig(
         name=args.name, timeline=args.branch, wal_start=args.wal_start, acceptors=dict(config.acceptors),
         pageserver_port=config.pageserver_port, port=args.port, user=COMPUTE_USER, password=config.compute_password,
-        database=COMPUTE_DATABASE, lsn=args.lsn,
-        trace_path=None if args.lsn is not None else args.dir / "run" / args.branch / f"{args.name}.ndjson",
+        database=COMPUTE_DATABASE, lsn=args.lsn, replica=args.replica,
+        trace_path=(args.dir / "run" / args.branch / f"{args.name}.ndjson"
+                    if args.lsn is None and not args.replica else None),
     )
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
@@ -218,6 +220,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     moment.add_argument("--at", type=_parse_time, metavar="TIME",
                         help="a static compute reading B as it was at TIME (ISO 8601, UTC by default, or epoch"
                              " seconds): at the newest LSN committed by then")
+    moment.add_argument("--replica", action="store_true",
+                        help="a read replica: each query reads B at its latest commit LSN; never blocks the primary")
     start.set_defaults(handler=_cmd_start)
 
     stop = sub.add_parser("stop", help="stop a compute (SIGTERM; --kill: SIGKILL, as a crash)",
@@ -242,4 +246,5 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--port", type=int, required=True, metavar="P")
     run.add_argument("--wal-start", type=int, required=True, metavar="LSN", help="where B's WAL starts")
     run.add_argument("--lsn", type=parse_lsn, metavar="LSN", help="static at LSN")
+    run.add_argument("--replica", action="store_true", help="a read replica")
     run.set_defaults(handler=_cmd_run)
