@@ -46,7 +46,9 @@ impl/sqlload.py) as its own process, its clients trying both ports.  The faults
   have no outcome, and the computes must finish or drop them whole).
 
 A compute may also stop by itself: one whose proposer stalls (every acceptor killed, a
-commit pending) fences and exits (impl/compute.py rule 5).  Between faults the runner polls
+commit pending; here they stay down up to 4 s, past the stall timeout) fences and exits
+(impl/compute.py rule 5).  A new compute is started only once the last one on its port has
+exited (`_SqlNemesis._free_port` says why).  Between faults the runner polls
 the compute's process and starts a new one on its port when it is gone; healing after each
 fault restarts acceptors first, then the pageserver, then the compute (its start-up needs
 both), then the workload.  After the calm phase the workload is stopped, the last compute
@@ -62,7 +64,6 @@ is killed with -9, and a new compute reads the tables back:
 
 from __future__ import annotations
 
-import math
 import random
 import signal
 import sys
@@ -306,6 +307,7 @@ class SqlChaosReport:
     computes: list[str] = attrs.field(factory=list)
     start_seconds: list[float] = attrs.field(factory=list)
     start_failures: int = 0
+    self_stopped: int = 0
     calm_acked: int = 0
     verdict: SqlVerdict | None = None
     read_from: str = ""
@@ -327,7 +329,7 @@ class SqlChaosReport:
         if starts:
             out.append(f"computes started {len(self.computes)} ({self.computes[0]}..{self.computes[-1]}), start time"
                        f" median {starts[len(starts) // 2]:.1f} s, max {starts[-1]:.1f} s;"
-                       f" failed to start {self.start_failures}")
+                       f" stopped by themselves {self.self_stopped}; failed to start {self.start_failures}")
         v = self.verdict
         if v is None:
             out.append(f"transactions: not checked: {self.read_error or 'no tables read back'}")
@@ -336,7 +338,7 @@ class SqlChaosReport:
                        f" {len(v.half_applied)} (must be 0), phantom {len(v.phantom)} (must be 0), corrupt"
                        f" {len(v.corrupt)} (must be 0), counters off {len(v.counters_off)} (must be 0)")
             by_state = "; ".join(f"{state}: {present} present, {absent} absent"
-                                 for state, (present, absent) in sorted(v.unknown.items(), key=lambda i: i[0] == NO_OUTCOME))
+                                 for state, (present, absent) in sorted(v.unknown.items(), key=lambda i: (i[0] == NO_OUTCOME, i[0])))
             out.append(f"outcome unknown {v.unknown_present + v.unknown_absent:,}: present {v.unknown_present:,},"
                        f" absent {v.unknown_absent:,}" + (f" ({by_state})" if by_state else ""))
         out.append(f"commit progress after the faults: {self.calm_acked:,} transactions acknowledged in the calm"
@@ -385,6 +387,7 @@ class _SqlNemesis(_Nemesis):
         self.port = self.ports[0]
         self.compute: str | None = None
         self.owners: dict[int, str] = {}  # port -> the last compute started on it
+        self.killed: set[str] = set()  # the computes the runner killed
         self.numbered = 0
         self.history = cluster.timeline_run_dir("main") / SQL_HISTORY
         self.acks = _AckCounter(self.history)
@@ -408,13 +411,19 @@ class _SqlNemesis(_Nemesis):
         deposed the compute serving, so it must not be started before the port is free.
         """
         owner = self.owners.get(port)
-        deadline = time.monotonic() + PORT_FREE_TIMEOUT
-        while owner is not None and self.cluster.pid(owner) is not None:
+        if owner is not None and not self._gone(owner, PORT_FREE_TIMEOUT):
+            self.say(f"{owner} still holds port {port} {PORT_FREE_TIMEOUT:.0f} s on: kill -9 {owner}")
+            self.cluster.signal(owner, signal.SIGKILL)
+            self._gone(owner, PORT_FREE_TIMEOUT)
+
+    def _gone(self, node: str, timeout: float) -> bool:
+        """Wait up to `timeout` for node's process to be gone; whether it is."""
+        deadline = time.monotonic() + timeout
+        while self.cluster.pid(node) is not None:
             if time.monotonic() > deadline:
-                self.say(f"{owner} still holds port {port} {PORT_FREE_TIMEOUT:.0f} s on: kill -9 {owner}")
-                self.cluster.signal(owner, signal.SIGKILL)
-                deadline = math.inf
+                return False
             time.sleep(0.05)
+        return True
 
     def start_compute(self, port: int) -> bool:
         """Start the next compute on `port`; False (said, counted) if it did not come up."""
@@ -443,7 +452,12 @@ class _SqlNemesis(_Nemesis):
         if self.compute_running():
             return True
         if self.compute is not None:
-            self.say(f"{self.compute} is gone; starting another on port {self.port}")
+            if self.compute in self.killed:
+                self.say(f"{self.compute} is gone; starting another on port {self.port}")
+            else:
+                self.say(f"{self.compute} stopped by itself ({self.cluster.log_tail(self.compute).split(' | ')[-1]});"
+                         f" starting another on port {self.port}")
+                self.report.self_stopped += 1
             self.report.restarts += 1
         for attempt in range(COMPUTE_START_TRIES):
             if self.start_compute(self.port):
@@ -465,6 +479,8 @@ class _SqlNemesis(_Nemesis):
     def _signal_all(self, nodes: list[str], signum: int) -> None:
         for node in nodes:
             self.cluster.signal(node, signum)
+            if signum == signal.SIGKILL and node == self.compute:
+                self.killed.add(node)
 
     def step(self) -> None:
         """One fault, held for a while, then healed (and everything running again)."""
@@ -475,7 +491,7 @@ class _SqlNemesis(_Nemesis):
         self._count(fault)
         if fault == "kill_compute":
             self.say(f"kill -9 {compute}")
-            self.cluster.signal(compute, signal.SIGKILL)
+            self._signal_all([compute], signal.SIGKILL)
             self._wait(0.1, 1.0)
         elif fault == "pause_compute":
             self.say(f"SIGSTOP {compute}")
@@ -500,7 +516,7 @@ class _SqlNemesis(_Nemesis):
         elif fault == "kill_all_acceptors":
             self.say("kill -9 every acceptor")
             self._signal_all(acceptors, signal.SIGKILL)
-            self._wait(0.2, 1.0)
+            self._wait(0.5, 4.0)  # often past the compute's stall timeout: it must stop (rule 5)
             self._restart(acceptors)
         elif fault == "kill_pageserver":
             self.say(f"kill -9 {PAGESERVER}")
@@ -538,10 +554,7 @@ class _SqlNemesis(_Nemesis):
         if self.compute_running():
             assert self.compute is not None
             self.say(f"kill -9 {self.compute}; reading the tables back on a new compute")
-            self.cluster.signal(self.compute, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while self.compute_running() and time.monotonic() < deadline:
-                time.sleep(0.05)
+            self._signal_all([self.compute], signal.SIGKILL)
         self.compute = None
         for attempt in range(COMPUTE_START_TRIES):
             if not self.ensure_compute():
@@ -552,7 +565,7 @@ class _SqlNemesis(_Nemesis):
                 self.say(f"reading the tables on {self.compute} failed: {exc}")
                 if attempt == COMPUTE_START_TRIES - 1:
                     raise
-                self.cluster.signal(self.compute or "-", signal.SIGKILL)
+                self._signal_all([self.compute or "-"], signal.SIGKILL)
                 time.sleep(0.5)
         raise AssertionError("unreachable")
 
