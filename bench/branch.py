@@ -37,7 +37,6 @@ from impl.storage import write_file_atomic
 from impl.timeline import Repository
 
 NAME = "branch"
-ABOUT = "branch creation time on parents of 1k and 100k pages (must not grow), vs an atomic small-file write"
 
 SIZES = (1_000, 100_000)
 PAGES_PER_RECORD = 256

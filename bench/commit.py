@@ -35,7 +35,6 @@ from bench.cluster import (
 from impl.proposer_client import serve_proposer
 
 NAME = "commit"
-ABOUT = "replicated 1 KiB commits/s and p50/p99 with 3 acceptor processes, 1 and 16 clients, vs a local fsync loop"
 
 ACCEPTORS = ("a1", "a2", "a3")
 RECORD = 1024

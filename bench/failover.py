@@ -61,11 +61,9 @@ from bench.sql import paxwal_cluster
 from impl.cluster import COMPUTE_DATABASE, COMPUTE_USER, Cluster, free_ports
 from impl.pgclient import PgConnection, PgError
 
-__all__ = ["ABOUT", "NAME", "rounds_for", "run"]
+__all__ = ["NAME", "rounds_for", "run"]
 
 NAME = "failover"
-ABOUT = ("kill -9 of the compute under load, a new one on the same port: time to its first answer, and"
-         " no acknowledged commit lost; vs a start with nothing failed")
 
 MIN_ROUNDS = 3
 MAX_ROUNDS = 20

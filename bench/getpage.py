@@ -49,7 +49,6 @@ from impl.timeline import Repository
 from impl.wire import GetPage, PageImageData
 
 NAME = "getpage"
-ABOUT = "GetPage@LSN/s, cached and reconstructed (10 deltas), in-process and over the socket, vs a dict lookup"
 
 PAGES = 10_000
 PAGES_PER_RECORD = 256

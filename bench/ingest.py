@@ -37,7 +37,6 @@ from impl.proposer_client import ProposerConfig, serve_proposer
 from impl.wal import DEFAULT_SEGMENT_SIZE
 
 NAME = "ingest"
-ABOUT = "128 KiB appends to one acceptor process, durable MiB/s, vs sequential writes with an fsync per 1 MiB"
 
 RECORD = 128 * 1024
 SYNC_EVERY = 1024 * 1024

@@ -36,7 +36,6 @@ from impl.pagewal import PAGE_SIZE, PageImage, RecordBuilder, RecordReader, enco
 from impl.timeline import Repository, TimelineConfig
 
 NAME = "pageserver-ingest"
-ABOUT = "pageserver ingest MiB/s of page WAL (decode, ingest, freeze/flush), vs decoding alone and write+fsync"
 
 WAL_BYTES = 32 * 1024 * 1024
 DB_PAGES = 1024

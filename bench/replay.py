@@ -24,7 +24,6 @@ from impl.sim import WAL_START, Sim, SimOptions
 from impl.trace import Tracer, dumps
 
 NAME = "replay"
-ABOUT = "trace replay (paxwal check) events/s on a long fault-free run, vs json.loads of its ndjson"
 
 # Events per second of budget for the larger run (generating, parsing and replaying it take
 # about that budget on a slow machine); the smaller run is a tenth of it.

@@ -11,7 +11,6 @@ from typing import Any
 from impl.sim import run_seed
 
 NAME = "sim"
-ABOUT = "simulated runs per minute (default options per seed), tracing off vs on"
 
 
 def _campaign(seconds: float, trace: bool) -> tuple[int, int, float]:

@@ -63,11 +63,9 @@ from bench.cluster import percentile
 from impl.cluster import Cluster, free_ports
 from impl.pgclient import PgConnection
 
-__all__ = ["ABOUT", "NAME", "connect", "paxwal", "paxwal_cluster", "pgbench", "postgres", "run", "seconds_per_run"]
+__all__ = ["NAME", "connect", "paxwal", "paxwal_cluster", "pgbench", "postgres", "run", "seconds_per_run"]
 
 NAME = "sql"
-ABOUT = ("pgbench -M simple (an UPDATE; BEGIN/UPDATE/SELECT/INSERT/END) at 1 and 16 clients on a compute,"
-         " vs PostgreSQL 15 alone and with two synchronous standbys")
 
 # Where Debian's PostgreSQL 15 server binaries live; pgbench is the client on PATH.
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

@@ -18,7 +18,6 @@ from typing import Any
 from impl.sim import Sim, SimOptions
 
 NAME = "trace"
-ABOUT = "cost of trace emission in the cores: stripped vs off vs on, per committed append"
 
 _ROUNDS_PER_BLOCK = 200
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import BENCHMARKS, failover, sql
+from bench import failover, load, sql
 from impl.cli import main
 
 pytestmark = [
@@ -51,7 +51,7 @@ def run_bench(name: str, seconds: float, capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_both_are_registered():
-    assert BENCHMARKS["sql"] is sql and BENCHMARKS["failover"] is failover
+    assert load("sql") is sql and load("failover") is failover
 
 
 def test_budgets_scale_with_seconds():

@@ -75,3 +75,17 @@ def test_help_lists_the_new_commands(capsys):
     assert "sim" in out and "bench" in out
     assert main(["bench", "--help"]) == 0
     assert "trace:" in capsys.readouterr().out
+
+
+def test_every_command_is_in_the_lazy_map_and_builds_alone() -> None:
+    import argparse
+
+    from impl.cli import COMMANDS, build_parser
+
+    def commands(parser: argparse.ArgumentParser) -> list[str]:
+        (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        return list(sub.choices)
+
+    assert commands(build_parser()) == list(COMMANDS)
+    for command in COMMANDS:
+        assert command in commands(build_parser(command))

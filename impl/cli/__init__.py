@@ -6,6 +6,10 @@ argparse subparsers and binds each subcommand to a ``_cmd_<name>(args) -> int`` 
 handlers raise ``CliError`` instead of printing errors themselves. Nothing here calls
 ``sys.exit``: the console-script wrapper turns ``main``'s return value into the exit code.
 
+Only the group of the command given is imported (`COMMANDS`): a compute's process, started
+by `paxwal compute run`, should not pay for TLC, the simulator and the benchmarks (the
+failover time is mostly process start-up).  `paxwal --help` imports every group.
+
 Exit codes: 0 success, 1 the check found a problem (a violation, a surviving mutant),
 2 the check could not be done (bad usage, missing Java or files, unparsable spec, TLC error).
 """
@@ -20,19 +24,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from conformance.mutants import MutantError
-from conformance.tlc import TlcSetupError
-from impl.cli import acceptor, bench, check, cluster, compute, coverage, mutants, pageserver, sim, tlc
+import importlib
+
 from impl.cli.common import SPEC_DIR_ENV, CliError, Parser
 
-__all__ = ["CliError", "build_parser", "main"]
+__all__ = ["CliError", "COMMANDS", "build_parser", "main"]
 
-# The command groups, in the order `paxwal --help` lists them.
-GROUPS = (tlc, sim, check, mutants, coverage, bench, acceptor, cluster, pageserver, compute)
+# Each top-level command -> its group's module (impl/cli/<group>.py), in `--help` order.
+COMMANDS: dict[str, str] = {
+    "tlc": "tlc", "sim": "sim", "check": "check", "mutants": "mutants", "coverage": "coverage", "bench": "bench",
+    "acceptor": "acceptor", "cluster": "cluster", "load": "cluster", "sqlload": "cluster", "chaos": "cluster",
+    "pageserver": "pageserver", "branch": "pageserver", "demo": "compute", "compute": "compute",
+}
+
+# Failures of the checkers that are the user's to fix (exit 2, one line), by module and class:
+# only a module already imported can have raised one.
+USER_ERRORS = (("conformance.tlc", "TlcSetupError"), ("conformance.mutants", "MutantError"))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``paxwal`` parser; each command group adds itself here."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``paxwal`` parser: every group (for --help), or only the one of `command`."""
     parser = Parser(prog="paxwal", description="paxwal: a formally specified replicated write-ahead log.")
     parser.add_argument(
         "--spec-dir",
@@ -41,9 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the TLA+ spec directory (default: ${SPEC_DIR_ENV}, else spec/ in the repository)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in GROUPS:
-        group.add_commands(commands)
+    groups = dict.fromkeys(COMMANDS.values()) if command not in COMMANDS else [COMMANDS[command]]
+    for group in groups:
+        importlib.import_module(f"impl.cli.{group}").add_commands(commands)
     return parser
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The command named in `argv` (after the global --spec-dir DIR), if any."""
+    args = list(argv)
+    while args and args[0].startswith("--spec-dir"):
+        args = args[1:] if "=" in args[0] else args[2:]
+    return args[0] if args else None
+
+
+def _user_error(exc: BaseException) -> bool:
+    return isinstance(exc, CliError) or any(
+        module in sys.modules and isinstance(exc, getattr(sys.modules[module], name)) for module, name in USER_ERRORS
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,8 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit code (see the module docstring).
     """
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(_command(argv)).parse_args(argv)
     except SystemExit as exc:  # --help exits from inside argparse
         return exc.code if isinstance(exc.code, int) else 0
     except CliError as exc:
@@ -65,7 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = _terminate_as_interrupt()
     try:
         return args.handler(args)
-    except (CliError, TlcSetupError, MutantError) as exc:
+    except Exception as exc:
+        if not _user_error(exc):
+            raise
         print(f"paxwal: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from bench import BENCHMARKS
+from bench import REGISTRY, load
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    figures = BENCHMARKS[args.name].run(args.seconds)
+    figures = load(args.name).run(args.seconds)
     if args.json:
         print(json.dumps({"benchmark": args.name, **figures}))
     else:
@@ -27,10 +27,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         description=(
             "Run one benchmark; it prints its figures and their ratios to a baseline measured "
             "in the same run. Benchmarks: "
-            + "; ".join(f"{name}: {module.ABOUT}" for name, module in BENCHMARKS.items())
+            + "; ".join(f"{name}: {about}" for name, (_, about) in REGISTRY.items())
         ),
     )
-    bench.add_argument("name", choices=sorted(BENCHMARKS), metavar="NAME", help=", ".join(sorted(BENCHMARKS)))
+    bench.add_argument("name", choices=sorted(REGISTRY), metavar="NAME", help=", ".join(sorted(REGISTRY)))
     bench.add_argument("--seconds", type=float, default=20.0, metavar="S", help="time budget (default 20)")
     bench.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     bench.set_defaults(handler=_cmd_bench)
