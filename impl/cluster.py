@@ -41,7 +41,8 @@ Rules:
    written to the WAL must then be page WAL records (impl/pagewal.py), as `paxwal load`
    writes them.
 6. Computes (impl/compute.py) are processes too, named by the user, each with its record in
-   DIR/computes/<name>.json (branch, mode, port), pid file and log; a primary's proposer is
+   DIR/computes/<name>.json (branch, mode, port), pid file and log; a compute is up once its
+   process writes DIR/computes/<name>.ready (its pid) after it starts serving; a primary's proposer is
    named in its branch's run.json before it starts, so its trace is checked.  `down` stops
    them first.  Every compute's Postgres port takes user `paxwal`, database `paxwal` and the
    cluster's `compute_password`.
@@ -426,6 +427,10 @@ class Cluster:
     def compute_file(self, name: str) -> Path:
         return self.dir / COMPUTES_DIR / f"{name}.json"
 
+    def ready_file(self, name: str) -> Path:
+        """Written by compute `name`'s process (its pid) once it serves clients."""
+        return self.dir / COMPUTES_DIR / f"{name}.ready"
+
     def computes(self) -> list[ComputeRecord]:
         """Every compute ever started in this cluster, by name."""
         directory = self.dir / COMPUTES_DIR
@@ -462,14 +467,18 @@ class Cluster:
         _write_atomically(self.compute_file(name), record.to_json())
         if mode == "primary":
             self.add_proposer(name, branch, wal_start)
+        ready = self.ready_file(name)
+        ready.unlink(missing_ok=True)
         proc = self.spawn(name, self.compute_command(record))
         deadline = time.monotonic() + COMPUTE_START_TIMEOUT
         while True:
             if proc.poll() is not None:
                 raise ClusterError(f"compute {name} exited with status {proc.returncode} while starting:"
                                    f" {self.log_tail(name)}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", record.port), timeout=1):
-                return record
+            # Its own word, not an answer on the port: another process may hold that.
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                if int(ready.read_text()) == proc.pid:
+                    return record
             if time.monotonic() > deadline:
                 proc.kill()
                 raise ClusterError(f"compute {name} did not listen on port {record.port} within"

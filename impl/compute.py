@@ -296,8 +296,7 @@ class Compute:
         """
         last = self._last
         if last is not None:
-            await self._settled(last)
-        self._check_serving()
+            await self._settled(last)  # committed: the reply stands, even if fenced since
 
     def _check_serving(self) -> None:
         if self.fenced is not None:
@@ -312,7 +311,8 @@ class Compute:
 
     async def _watch_term(self, proposer: Proposer) -> None:
         await proposer.deposed.wait()
-        self._fence(f"it lost term {self.term}: another compute took over the branch {self.config.timeline}")
+        self._fence(f"its proposer lost term {self.term} on {self.config.timeline}: another compute took the branch"
+                    " over, or no quorum answered in time")
 
 
 class _ComputeSession:
@@ -385,10 +385,13 @@ async def serve_compute(config: ComputeConfig, task_status: trio.TaskStatus[Comp
         task_status: `started(compute)` once it accepts connections.
 
     Error handling:
-        Raises before it listens: trio.TooSlowError (no term, or the pageserver not at the
-        start LSN, within `start_timeout`), ComputeError (the pageserver refused),
-        OSError (the port is busy).  Returns when fenced, with `Compute.fenced` saying why.
+        Raises before it serves: OSError (the port is busy: checked first, before the
+        election), trio.TooSlowError (no term, or the pageserver not at the start LSN, within
+        `start_timeout`), ComputeError (the pageserver refused), the latter two inside an
+        ExceptionGroup.  Returns when fenced, with `Compute.fenced` saying why.
     """
+    # The port first: a busy one fails before the election could depose a serving compute.
+    listeners = await trio.open_tcp_listeners(config.port, host="127.0.0.1")
     async with trio.open_nursery() as nursery:
         compute = Compute(config, nursery)
         with trio.fail_after(config.start_timeout):
@@ -421,8 +424,8 @@ async def serve_compute(config: ComputeConfig, task_status: trio.TaskStatus[Comp
             return _ComputeSession(compute, ThreadedSession(Session(database, read_only_reason=reason, settings=settings)))
 
         compute.port = await nursery.start(functools.partial(
-            serve_pg, sessions, port=config.port, user=config.user, password=config.password,
-            database=config.database))
+            serve_pg, sessions, user=config.user, password=config.password, database=config.database,
+            listeners=listeners))
         log.info("compute %s (%s) of %s serving on 127.0.0.1:%d: term %d, start LSN %s", config.name, config.mode,
                  config.timeline, compute.port, compute.term, format_lsn(compute.start_lsn))
         task_status.started(compute)

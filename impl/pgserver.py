@@ -303,6 +303,7 @@ async def serve_pg(
     password: str,
     database: str,
     max_message: int = MAX_MESSAGE,
+    listeners: list[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the Postgres protocol until cancelled (see the module docstring).
@@ -313,6 +314,8 @@ async def serve_pg(
         port, host: where to listen (port 0: any free port, reported to `task_status`).
         user, password, database: the one account clients must name (rule 2).
         max_message: the largest message body a client may send (pgwire.py rule 4).
+        listeners: sockets bound already (then `port` and `host` are not used): a caller
+            that must know the port is its own before a slow start-up binds first.
         task_status: `started(port)` once listening.
 
     Resource handling:
@@ -325,7 +328,8 @@ async def serve_pg(
     config = _Config(
         session_factory=session_factory, user=user, password=password, database=database, max_message=max_message
     )
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    if listeners is None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     log.info("pgwire: listening on %s:%d for user %r, database %r", host, bound, user, database)
 

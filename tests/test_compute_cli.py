@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -91,6 +92,14 @@ def test_wrong_password_and_bad_input_are_refused(cluster_dir: Path) -> None:
     assert failed.returncode != 0 and "UNIQUE constraint failed" in failed.stderr
     assert psql(uri, "SELECT count(*) FROM t").stdout.strip() == "1"  # the compute goes on
     assert paxwal("compute", "start", "--dir", str(cluster_dir), "--name", "a1").returncode == 2  # a node's name
+    # A busy port fails the start before any election: the serving compute keeps its term.
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        taken = paxwal("compute", "start", "--dir", str(cluster_dir), "--name", "c9", "--port", port)
+    assert taken.returncode == 2 and "Address already in use" in taken.stderr, taken.stderr
+    assert psql(uri, "INSERT INTO t VALUES (2)").returncode == 0
     missing = paxwal("compute", "start", "--dir", str(cluster_dir), "--branch", "nope")
     assert missing.returncode == 2 and "nope" in missing.stderr
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -130,12 +131,20 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside `exc`'s nested groups (trio's nurseries wrap what they raise)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
 async def _serve_until_signalled(args: argparse.Namespace, config) -> str | None:  # type: ignore[no-untyped-def]
     import trio
 
-    from impl.cluster import COMPUTE_DATABASE, COMPUTE_USER
+    from impl.cluster import COMPUTE_DATABASE, COMPUTE_USER, Cluster
     from impl.compute import ComputeConfig, ComputeError, serve_compute
 
+    ready = Cluster(args.dir).ready_file(args.name)
     compute_config = ComputeConfig(
         name=args.name, timeline=args.branch, wal_start=args.wal_start, acceptors=dict(config.acceptors),
         pageserver_port=config.pageserver_port, port=args.port, user=COMPUTE_USER, password=config.compute_password,
@@ -151,8 +160,12 @@ async def _serve_until_signalled(args: argparse.Namespace, config) -> str | None
 
             try:
                 compute = await nursery.start(run_compute)
-            except (ComputeError, trio.TooSlowError, OSError) as exc:
-                return f"compute {args.name} cannot start: {type(exc).__name__}: {exc}"
+            except (ComputeError, trio.TooSlowError, OSError, BaseExceptionGroup) as exc:
+                causes = _leaves(exc)
+                if not all(isinstance(c, (ComputeError, trio.TooSlowError, OSError)) for c in causes):
+                    raise
+                return f"compute {args.name} cannot start: " + "; ".join(f"{type(c).__name__}: {c}" for c in causes)
+            ready.write_text(f"{os.getpid()}\n")  # Cluster.start_compute waits for this
 
             async def stop_on_signal() -> None:
                 async for signum in signals:
