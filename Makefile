@@ -78,13 +78,17 @@ bench: setup
 	$(BIN)/paxwal bench getpage
 	$(BIN)/paxwal bench branch
 	$(BIN)/paxwal bench pageserver-ingest
+	$(BIN)/paxwal bench sql
+	$(BIN)/paxwal bench failover --seconds 60
 
-# The long chaos run on a real cluster, on demand: kill -9, pauses and restarts under load for
-# SOAK_SECONDS (10 minutes by default); `make test` runs a 60-second smoke of it.
+# The long chaos runs on a real cluster, on demand: kill -9, pauses and restarts for
+# SOAK_SECONDS each (10 minutes by default), under the record load, then under SQL computes;
+# `make test` runs a short smoke of each.
 SOAK_SECONDS ?= 600
 SOAK_SEED ?= 0
 soak: setup
 	$(BIN)/paxwal chaos --seconds $(SOAK_SECONDS) --seed $(SOAK_SEED)
+	$(BIN)/paxwal chaos --sql --seconds $(SOAK_SECONDS) --seed $(SOAK_SEED)
 
 # The long simulator campaign, on demand: 20,000 seeds with longer fault phases.
 sim-soak: setup
