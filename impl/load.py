@@ -84,10 +84,15 @@ class LoadSummary:
     latencies: list[float] = attrs.field(factory=list, repr=False)
 
     def percentile(self, q: float) -> float | None:
-        if not self.latencies:
-            return None
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return percentile(self.latencies, q)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The `q` quantile (0..1) of `values` (nearest rank), or None if there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class _History:

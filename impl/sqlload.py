@@ -69,6 +69,7 @@ from typing import Any
 import attrs
 
 from impl.cluster import COMPUTE_DATABASE, COMPUTE_USER
+from impl.load import percentile
 from impl.pgclient import PgConnection, PgError
 from impl.storage import CorruptStorage
 
@@ -140,10 +141,7 @@ class SqlLoadSummary:
     latencies: list[float] = attrs.field(factory=list, repr=False)
 
     def percentile(self, q: float) -> float | None:
-        if not self.latencies:
-            return None
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return percentile(self.latencies, q)
 
 
 class _History:

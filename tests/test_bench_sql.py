@@ -6,37 +6,12 @@ directory outlives a run.  Timing is never asserted (figures vary by machine).""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from bench import failover, load, sql
 from impl.cli import main
-
-pytestmark = [
-    pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc to find processes"),
-    pytest.mark.skipif(shutil.which("pgbench") is None and not Path(sql.PGBENCH).exists(), reason="needs pgbench"),
-]
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Pids of the live processes whose command line contains `text`."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue  # gone meanwhile
-            if text.encode() in cmdline:
-                pids.append(int(proc.name))
-    return pids
-
-
-def leftovers(prefix: str) -> list[Path]:
-    return sorted(Path(tempfile.gettempdir()).glob(f"{prefix}*"))
+from test_bench import leftovers, processes_mentioning
 
 
 def run_bench(name: str, seconds: float, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:

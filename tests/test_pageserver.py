@@ -127,6 +127,17 @@ async def assert_pages(client: PageClient, timeline: str, lsn: int, state: dict[
 # ---------------------------------------------------------------------------------------------
 
 
+async def write_three_on(cluster: Cluster, nursery: trio.Nursery) -> tuple[list[int], list[dict[int, bytes]]]:
+    """`write_three` through proposer c1 of the running `cluster`'s main (run in `nursery`)."""
+    config = cluster.load()
+    cluster.add_proposer("c1")
+    addresses = {a: ("127.0.0.1", p) for a, p in config.acceptors.items()}
+    proposer = await nursery.start(serve_proposer, "c1", addresses, ProposerConfig(), config.wal_start,
+                                   cluster.timeline_run_dir("main") / "c1.ndjson")
+    await proposer.wait_leader()
+    return await write_three(Writer(proposer))
+
+
 @pytest.fixture
 def cluster_dir(tmp_path: Path):
     directory = tmp_path / "cluster"
@@ -145,16 +156,12 @@ def test_getpage_branch_and_restore_from_object_storage(cluster_dir: Path) -> No
     cluster = Cluster(cluster_dir)
     config = cluster.load()
     assert config.pageserver_port is not None
-    cluster.add_proposer("c1")
 
     async def write_and_read() -> tuple[list[int], list[dict[int, bytes]]]:
         with trio.fail_after(DEADLINE):
             addresses = {a: ("127.0.0.1", p) for a, p in config.acceptors.items()}
             async with trio.open_nursery() as nursery:
-                proposer = await nursery.start(serve_proposer, "c1", addresses, ProposerConfig(),
-                                               config.wal_start, cluster.timeline_run_dir("main") / "c1.ndjson")
-                await proposer.wait_leader()
-                lsns, states = await write_three(Writer(proposer))
+                lsns, states = await write_three_on(cluster, nursery)
                 async with await PageClient.connect(config.pageserver_port) as client:
                     for lsn, state in zip(lsns, states):
                         await assert_pages(client, "main", lsn, state)
@@ -226,16 +233,11 @@ def test_a_pageserver_killed_with_its_directory_lost_serves_the_same_pages_again
     cluster = Cluster(cluster_dir)
     config = cluster.load()
     assert config.pageserver_port is not None
-    cluster.add_proposer("c1")
 
     async def write() -> tuple[list[int], list[dict[int, bytes]]]:
         with trio.fail_after(DEADLINE):
-            addresses = {a: ("127.0.0.1", p) for a, p in config.acceptors.items()}
             async with trio.open_nursery() as nursery:
-                proposer = await nursery.start(serve_proposer, "c1", addresses, ProposerConfig(),
-                                               config.wal_start, cluster.timeline_run_dir("main") / "c1.ndjson")
-                await proposer.wait_leader()
-                lsns, states = await write_three(Writer(proposer))
+                lsns, states = await write_three_on(cluster, nursery)
                 async with await PageClient.connect(config.pageserver_port) as client:
                     await assert_pages(client, "main", lsns[2], states[2])
                 nursery.cancel_scope.cancel()
