@@ -32,9 +32,9 @@ Rules:
 
 1. An outcome is what the client was told.  A reply without error is an ack (the compute
    replies only after the commit: impl/compute.py rule 4).  Any error, reply or broken
-   connection, is *outcome unknown* (``definite: false``): even 57P01 may come after the
-   transaction's record was committed (impl/compute.py `durable` checks the fence after the
-   commit), so no SQLSTATE is taken as proof that nothing was written.  The SQLSTATE is kept,
+   connection, is *outcome unknown* (``definite: false``): the client cannot tell from a
+   broken connection or an 08007 whether the record reached the log, and taking no SQLSTATE
+   as proof that nothing was written keeps the check independent of the compute's reasons.  The SQLSTATE is kept,
    and `verify_sql` reports how the unknowns resolved, per SQLSTATE.
 2. After any error the client drops its connection and connects again (a failed explicit
    block, a fenced compute, a pageserver failure: a new session is the simple cure), trying
