@@ -246,7 +246,7 @@ def test_cluster_errors_are_one_line() -> None:
 # Chaos: the smoke run (`make soak` runs it for 10 minutes)
 # ---------------------------------------------------------------------------------------------
 
-CHAOS_SMOKE_SECONDS = 60
+CHAOS_SMOKE_SECONDS = 40
 
 
 def test_chaos_smoke_loses_nothing_and_its_traces_are_accepted(tmp_path: Path) -> None:

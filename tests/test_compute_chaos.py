@@ -118,7 +118,7 @@ def test_transactions_alternate_an_explicit_block_and_an_implicit_one() -> None:
 # The smoke run (`make soak` runs the long one)
 # ---------------------------------------------------------------------------------------------
 
-SQL_CHAOS_SMOKE_SECONDS = 45
+SQL_CHAOS_SMOKE_SECONDS = 35
 
 
 def test_sql_chaos_smoke_loses_no_acknowledged_transaction_and_its_traces_are_accepted(tmp_path: Path) -> None:
