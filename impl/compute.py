@@ -21,9 +21,9 @@ acknowledged commit.  This file wires those parts; rules:
    it (`_written`), once that record is committed (GetPage waits, bounded, for ingest).  The
    VFS keeps committed pages in its cache, so the pageserver is asked mostly for pages not
    yet seen.
-3. Commits are pipelined.  SQLite's sync hands the transaction's record to the proposer
-   (`Proposer.submit`, in order) and returns at once, so the next transaction runs while
-   this one is in flight; a record's versions become the base of the next record's deltas
+3. Commits are pipelined.  SQLite's sync queues the transaction's record for the proposer
+   and returns at once (a submitter task hands the queue to `Proposer.submit` in order), so
+   the next transaction runs while this one is in flight; a record's versions become the base of the next record's deltas
    as soon as it is handed over (`RecordBuilder.commit`), which is right because the log
    commits a prefix: a later record committed means every earlier one is.
 4. No reply leaves before its commit.  A client's reply (a COMMIT, an autocommit statement,
@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -87,6 +88,16 @@ log = logging.getLogger("paxwal.compute")
 START_RETRY = 0.2
 # How long a replica waits for an acceptor's status.
 STATUS_TIMEOUT = 2.0
+
+
+@attrs.define(eq=False)
+class _Handed:
+    """A record SQLite's sync handed over (rule 3): queued, then submitted to the proposer."""
+
+    record: bytes
+    submitted: trio.Event = attrs.field(factory=trio.Event)
+    pending: PendingAppend | None = None
+    failure: NotLeader | None = None
 
 
 class ComputeError(Exception):
@@ -167,8 +178,10 @@ class Compute:
         self._builder: RecordBuilder | None = None
         self._page_client: PageClient | None = None
         self._page_lock = trio.Lock()
-        self._written: dict[int, PendingAppend | int] = {}  # page -> its last record (rule 2)
-        self._last: PendingAppend | None = None  # the last record handed over (rule 4)
+        self._written: dict[int, _Handed | int] = {}  # page -> its last record (rule 2)
+        self._last: _Handed | None = None  # the last record handed over (rule 4)
+        self._token = trio.lowlevel.current_trio_token()
+        self._handed_send, self._handed_receive = trio.open_memory_channel[_Handed](math.inf)
         self._stopped = trio.Event()
 
     # -- the pageserver (rule 2) ----------------------------------------------------------
@@ -256,31 +269,39 @@ class Compute:
         if record is None:
             return
         self._builder.commit()
-        pending = trio.from_thread.run(self._hand_over, encode_record(record))
+        handed = _Handed(encode_record(record))
+        # No round trip to trio while SQLite is held: the record is queued in commit order
+        # (the connection's owner is the only writer) and the submitter takes it from there.
+        self._token.run_sync_soon(self._handed_send.send_nowait, handed)
+        self._last = handed
         for page in dirty:
-            self._written[page] = pending
+            self._written[page] = handed
 
-    async def _hand_over(self, record: bytes) -> PendingAppend:
-        self._check_serving()
+    async def _submit(self) -> None:
+        """Hand the queued records to the proposer in order (rule 3), and learn their fates."""
         assert self._proposer is not None
-        try:
-            pending = await self._proposer.submit(record)
-        except NotLeader as exc:
-            self._fence(f"its proposer stopped: {exc}")
-            raise ComputeError("57P01", self.fenced or "") from None
-        self._last = pending
-        self._nursery.start_soon(self._track, pending)
-        return pending
+        async for handed in self._handed_receive:
+            try:
+                handed.pending = await self._proposer.submit(handed.record)
+            except NotLeader as exc:
+                handed.failure = exc
+                self._fence(f"its proposer stopped: {exc}")
+            handed.record = b""
+            handed.submitted.set()
+            self._nursery.start_soon(self._track, handed)
 
-    async def _track(self, pending: PendingAppend) -> None:
+    async def _track(self, handed: _Handed) -> None:
         """Learn every record's fate, waited for or not: a failure fences at once (rule 5)."""
         with contextlib.suppress(ComputeError):
-            await self._settled(pending)
+            await self._settled(handed)
 
-    async def _settled(self, pending: PendingAppend) -> int:
+    async def _settled(self, handed: _Handed) -> int:
         """The record's end LSN once committed; fences the compute if it cannot be (rule 5)."""
+        await handed.submitted.wait()
         try:
-            lsn = await pending.result()
+            if handed.pending is None:
+                raise handed.failure or NotLeader("not submitted")
+            lsn = await handed.pending.result()
         except (AppendFailed, NotLeader) as exc:
             self._fence(f"a commit failed: {exc}")
             raise ComputeError("08007", f"compute {self.config.name}: the commit's outcome is unknown and this"
@@ -373,7 +394,9 @@ async def _start_primary(compute: Compute, task_status: trio.TaskStatus[Proposer
         compute.term = await proposer.wait_leader()
         compute.start_lsn = proposer.core.history[-1].lsn
         await proposer.wait_committed(compute.start_lsn)
+        compute._proposer = proposer
         nursery.start_soon(compute._watch_term, proposer)
+        nursery.start_soon(compute._submit)
         task_status.started(proposer)
 
 
@@ -398,7 +421,7 @@ async def serve_compute(config: ComputeConfig, task_status: trio.TaskStatus[Comp
             if config.replica:
                 compute.start_lsn = await compute.latest_lsn()
             elif config.lsn is None:
-                compute._proposer = await nursery.start(_start_primary, compute)
+                await nursery.start(_start_primary, compute)
             else:
                 compute.start_lsn = config.lsn
             compute.lsn = compute.snapshot_lsn = compute.start_lsn

@@ -14,6 +14,8 @@ from impl.cli.pageserver import parse_lsn
 
 # A compute that stops because it lost its term or a commit (impl/compute.py rule 5).
 EXIT_FENCED = 3
+# Seconds between the interpreter's GIL hand-overs in a compute process (see _cmd_run).
+SWITCH_INTERVAL = 0.0002
 
 
 def _cluster(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -182,6 +184,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import trio
 
     _, config = _cluster(args)
+    # SQLite runs in one worker thread per client session, and they hand the one SQLite
+    # connection to each other: with the default 5 ms GIL switch interval each hand-over can
+    # wait that long for the GIL.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     failure = trio.run(_serve_until_signalled, args, config)
     if failure is not None:
