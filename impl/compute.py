@@ -383,7 +383,7 @@ class _Sink:
         self._compute.commit_in_thread(dirty, db_size)
 
 
-async def _start_primary(compute: Compute, task_status: trio.TaskStatus[Proposer]) -> None:
+async def _start_primary(compute: Compute, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Win a term and reach the start LSN (rule 1); runs the proposer until cancelled."""
     config = compute.config
     addresses = {a: ("127.0.0.1", p) for a, p in config.acceptors.items()}
@@ -397,7 +397,7 @@ async def _start_primary(compute: Compute, task_status: trio.TaskStatus[Proposer
         compute._proposer = proposer
         nursery.start_soon(compute._watch_term, proposer)
         nursery.start_soon(compute._submit)
-        task_status.started(proposer)
+        task_status.started()
 
 
 async def serve_compute(config: ComputeConfig, task_status: trio.TaskStatus[Compute] = trio.TASK_STATUS_IGNORED) -> None:
